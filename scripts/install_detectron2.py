@@ -11,6 +11,10 @@ script leaves it alone.
 Usage: ``python scripts/install_detectron2.py``  (uses the same interpreter's pip; run after requirements.txt)
 """
 import argparse
+import hashlib
+import json
+import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -18,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 SDIST = "pb1-detectron2==0.6"
+SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
 
 PYPROJECT = """\
 [build-system]
@@ -55,6 +60,62 @@ def pip(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def index_url() -> str:
+    """The index pip is configured with (PIP_INDEX_URL, pip config), else PyPI."""
+    url = os.environ.get("PIP_INDEX_URL", "")
+    if not url:
+        probe = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                               capture_output=True, text=True)
+        url = probe.stdout.strip() if probe.returncode == 0 else ""
+    return (url or "https://pypi.org/simple").rstrip("/")
+
+
+def download_from_index(dest: Path) -> Path:
+    """Fetch the sdist through the index's simple API (PEP 691 JSON or PEP 503 HTML), checking its sha256."""
+    import urllib.parse
+    import urllib.request
+
+    page = f"{index_url()}/pb1-detectron2/"
+    req = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        body = r.read().decode()
+        json_api = "json" in r.headers.get("content-type", "")
+    if json_api:
+        files = {f["filename"]: (f["url"], f["hashes"].get("sha256")) for f in json.loads(body)["files"]}
+    else:
+        files = {m.group(3): (urllib.parse.urljoin(page, m.group(1)), m.group(2))
+                 for m in re.finditer(r'href="([^"#]+)(?:#sha256=([0-9a-f]+))?"[^>]*>([^<]+)<', body)}
+    if SDIST_FILE not in files:
+        raise RuntimeError(f"{page} lists no {SDIST_FILE}")
+    url, sha256 = files[SDIST_FILE]
+    print(f"+ download {url}", flush=True)
+    with urllib.request.urlopen(url, timeout=300) as r:
+        data = r.read()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise RuntimeError(f"{url}: sha256 mismatch (expected {sha256})")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / SDIST_FILE).write_bytes(data)
+    return dest / SDIST_FILE
+
+
+def download_sdist(dest: Path) -> Path:
+    """The sdist, from the index's simple API; else through ``pip download``.
+
+    ``pip download`` alone is not enough: pip >= 25 refuses the sdist's metadata (it declares a direct-URL extra),
+    even with --no-deps.
+    """
+    try:
+        return download_from_index(dest)
+    except Exception as e:  # e.g. an index reachable only through pip's own configuration
+        print(f"simple-API download failed ({e}); trying pip download", flush=True)
+    # --no-build-isolation: pip prepares the sdist's metadata with its setup.py, which imports torch.
+    pip("download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:", SDIST, "-d", str(dest))
+    archives = sorted(dest.glob("*.tar.gz"))
+    if len(archives) != 1:
+        raise SystemExit(f"expected one sdist archive in {dest}, found {[a.name for a in archives]}")
+    return archive
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 is importable")
@@ -67,14 +128,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="pvt_d2_detectron2_") as tmp:
         tmp = Path(tmp)
-        # --no-build-isolation: pip prepares the sdist's metadata with its setup.py, which imports torch.
-        pip("download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:", SDIST, "-d", str(tmp / "dl"))
-        archives = sorted((tmp / "dl").glob("*.tar.gz"))
-        if len(archives) != 1:
-            raise SystemExit(f"expected one sdist archive in {tmp / 'dl'}, found {[a.name for a in archives]}")
+        archive = download_sdist(tmp / "dl")
         src = tmp / "src"
         src.mkdir()
-        with tarfile.open(archives[0]) as tar:
+        with tarfile.open(archive) as tar:
             members = []
             for m in tar.getmembers():
                 parts = Path(m.name).parts
@@ -82,10 +139,10 @@ def main() -> int:
                     m.name = str(Path(*parts[1:]))
                     members.append(m)
             if not members:
-                raise SystemExit(f"{archives[0].name} holds no detectron2/ package")
+                raise SystemExit(f"{archive.name} holds no detectron2/ package")
             tar.extractall(src, members=members, filter="data")
         (src / "pyproject.toml").write_text(PYPROJECT)
-        pip("install", "--no-deps", "--no-build-isolation", str(src))
+        pip("install", "--no-deps", str(src))
 
     where = installed_detectron2()
     if not where:
