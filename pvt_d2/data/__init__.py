@@ -1,0 +1,1 @@
+"""Datasets (the bundled synthetic shapes), the seeded training stream and the dataset mappers."""
