@@ -1,3 +1,4 @@
+import pvt_d2  # noqa: F401  (detectron2 v0.6 needs its compatibility fixes before any detectron2 import)
 import pytest
 
 
