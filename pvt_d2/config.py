@@ -5,6 +5,8 @@ from typing import Sequence
 
 import torch
 from detectron2.config import get_cfg
+
+from .data.coco_spec import register_coco_specs
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_pvt_config", "setup_cfg"]
@@ -28,6 +30,8 @@ def add_pvt_config(cfg: CN) -> None:
     # Recompute block activations in the backward pass (torch.utils.checkpoint): less memory, one more block forward.
     cfg.MODEL.PVT.CHECKPOINT_ACTIVATIONS = False
     _add_training_config(cfg)
+    _add_detr_config(cfg)
+    _add_sem_seg_config(cfg)
 
 
 def _add_training_config(cfg: CN) -> None:
@@ -65,6 +69,69 @@ def setup_cfg(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).info("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
+    register_coco_specs(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _add_sem_seg_config(cfg: CN) -> None:
+    """Keys of the Semantic FPN head (``pvt_d2.modeling.semantic_fpn``) and of its training augmentation
+    (``pvt_d2.data.augmentations``); the crop is set by detectron2's INPUT.CROP keys plus SINGLE_CATEGORY_MAX_AREA."""
+    # Dropout2d probability before the head's 1x1 classifier (the authors' 0.1); read by "SemanticFPNHead" only.
+    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+    cfg.INPUT.SEM_SEG_AUG = CN()
+    # Train with the authors' Semantic FPN pipeline (resize by SCALE x ratio, crop INPUT.CROP.SIZE with at most
+    # INPUT.CROP.SINGLE_CATEGORY_MAX_AREA of one class, flip, photometric distortion, pad to the crop size) instead
+    # of DatasetMapper's (ResizeShortestEdge from INPUT.MIN/MAX_SIZE_TRAIN, flip). Testing is unchanged.
+    cfg.INPUT.SEM_SEG_AUG.ENABLED = False
+    # (long edge, short edge) the image is fitted into, keeping its aspect ratio, before the random ratio.
+    cfg.INPUT.SEM_SEG_AUG.SCALE = (2048, 512)
+    # Range of the random ratio (uniform) that multiplies SCALE.
+    cfg.INPUT.SEM_SEG_AUG.RATIO_RANGE = (0.5, 2.0)
+    # Random brightness, contrast, saturation and hue, each applied with probability 0.5.
+    cfg.INPUT.SEM_SEG_AUG.PHOTOMETRIC = True
+    # Pad crops smaller than INPUT.CROP.SIZE (bottom/right) to it: image with MODEL.PIXEL_MEAN, label with
+    # MODEL.SEM_SEG_HEAD.IGNORE_VALUE.
+    cfg.INPUT.SEM_SEG_AUG.PAD_TO_CROP = True
+    # Largest share of a crop's labelled pixels one class may take (up to 10 tries; 1.0 = any crop). Named as in
+    # detectron2's DeepLab project; read by INPUT.SEM_SEG_AUG's crop.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+
+
+def _add_detr_config(cfg: CN) -> None:
+    """``cfg.MODEL.DETR``: the ``Detr`` meta-architecture (pvt_d2.modeling.detr); defaults are the paper's DETR."""
+    cfg.MODEL.DETR = CN()
+    # Object classes K (the class head has K + 1 logits, the last is "no object").
+    cfg.MODEL.DETR.NUM_CLASSES = 80
+    # Learned object queries: the most detections per image and the most objects an image may have in training.
+    cfg.MODEL.DETR.NUM_OBJECT_QUERIES = 100
+    # Transformer width (also the input projection's and heads' width).
+    cfg.MODEL.DETR.HIDDEN_DIM = 256
+    # Attention heads.
+    cfg.MODEL.DETR.NHEADS = 8
+    # Hidden channels of the transformer's feed-forward networks.
+    cfg.MODEL.DETR.DIM_FEEDFORWARD = 2048
+    # Encoder layers (0 = the decoder attends to the projected backbone features directly).
+    cfg.MODEL.DETR.ENC_LAYERS = 6
+    # Decoder layers (>= 1).
+    cfg.MODEL.DETR.DEC_LAYERS = 6
+    # Dropout in the transformer (attention weights, after attention, inside and after the FFN).
+    cfg.MODEL.DETR.DROPOUT = 0.1
+    # Supervise every decoder layer's output (auxiliary losses), not only the last.
+    cfg.MODEL.DETR.DEEP_SUPERVISION = True
+    # Cross-entropy weight of the "no object" class (relative to 1 for object classes).
+    cfg.MODEL.DETR.NO_OBJECT_WEIGHT = 0.1
+    # Loss weights: cross-entropy, L1 of normalized (cx, cy, w, h) boxes, 1 - GIoU.
+    cfg.MODEL.DETR.CLASS_WEIGHT = 1.0
+    cfg.MODEL.DETR.L1_WEIGHT = 5.0
+    cfg.MODEL.DETR.GIOU_WEIGHT = 2.0
+    # Hungarian matching cost weights: -probability of the target class, L1 of boxes, -GIoU.
+    cfg.MODEL.DETR.COST_CLASS = 1.0
+    cfg.MODEL.DETR.COST_L1 = 5.0
+    cfg.MODEL.DETR.COST_GIOU = 2.0
+    # The backbone output fed to the transformer (must be in MODEL.PVT.OUT_FEATURES).
+    cfg.MODEL.DETR.IN_FEATURE = "stage4"
+    # Inference scoring, top TEST.DETECTIONS_PER_IMAGE kept: "query" (each query's best class, as DETR and the
+    # authors) or "query_class" (top (query, class) pairs over all classes).
+    cfg.MODEL.DETR.TEST_SCORE_MODE = "query"

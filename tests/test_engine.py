@@ -162,3 +162,24 @@ def test_two_process_cpu_training_keeps_ranks_identical(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_coco_format_dataset_named_on_the_command_line(tmp_path):
+    import json
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from pvt_d2.data.shapes import ensure_shapes_generated, shapes_files
+
+    root = str(tmp_path / "shapes")
+    ensure_shapes_generated(root, num_train=2, num_val=2)
+    files = shapes_files(root, "val")
+    name = f"coco:{files['json_file']}:{files['image_root']}"
+    cfg = setup_cfg(CFG, ["DATASETS.TEST", f"('{name}',)"])
+    assert len(DatasetCatalog.get(name)) == 2
+    assert MetadataCatalog.get(name).thing_classes == [c["name"] for c in json.load(open(files["json_file"]))["categories"]]
+    assert cfg.DATASETS.TEST == (name,)
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NUM_CLASSES=5 but dataset"):
+        setup_cfg(CFG, ["DATASETS.TEST", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "5"])
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        setup_cfg(CFG, ["DATASETS.TEST", "('coco:nope.json:images',)"])
