@@ -29,6 +29,8 @@ def add_pvt_config(cfg: CN) -> None:
     cfg.MODEL.PVT.FROZEN_STAGES = 0
     # Recompute block activations in the backward pass (torch.utils.checkpoint): less memory, one more block forward.
     cfg.MODEL.PVT.CHECKPOINT_ACTIVATIONS = False
+    # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU: less memory, same grads.
+    cfg.MODEL.PVT.RECOMPUTE_GELU = True
     _add_training_config(cfg)
     _add_detr_config(cfg)
     _add_sem_seg_config(cfg)

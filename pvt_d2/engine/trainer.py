@@ -116,6 +116,12 @@ class Trainer(DefaultTrainer):
         # Position the data stream at the first iteration to run, with the (possibly restored) seed.
         self._trainer.set_data_loader(self._seeded_loader(self._trainer.seed, self.start_iter))
 
+    def train(self):
+        """Train to ``SOLVER.MAX_ITER``; returns the last evaluation's results (v0.6 returns None unless
+        ``TEST.EXPECTED_RESULTS`` is set)."""
+        results = super().train()
+        return results if results is not None else getattr(self, "_last_eval_results", None)
+
     def state_dict(self):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()

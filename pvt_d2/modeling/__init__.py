@@ -7,5 +7,5 @@ from .semantic_fpn import SemanticFPNHead  # noqa: F401  (registers the Semantic
 
 __all__ = [
     "PVT", "PVT_ARCHS", "PVTSpec", "PVTClassifier", "PVTBackbone", "build_pvt_backbone", "build_pvt_fpn_backbone",
-    "build_retinanet_pvt_fpn_backbone",
+    "build_retinanet_pvt_fpn_backbone", "Detr", "SemanticFPNHead",
 ]
