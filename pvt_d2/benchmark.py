@@ -12,7 +12,8 @@ Tasks (several may be given):
 - ``data``: the training data loader alone (``pvt_d2.engine``'s seeded loader, ``DATALOADER.NUM_WORKERS``
   workers, ``--batch`` or ``SOLVER.IMS_PER_BATCH`` images per batch).
 
-For each task: median and min seconds per iteration after ``--warmup`` untimed iterations, images/s, peak memory
+For each task: median and min seconds per iteration after ``--warmup`` untimed iterations (on the CPU also the
+process's CPU seconds, which other processes on a shared machine disturb less), images/s, peak memory
 growth, the model FLOPs per iteration (``pvt_d2.analyze``, 1 multiply-add = 1 FLOP; train tasks count backward
 as 2x forward) and the GFLOP/s achieved, with its share of the GEMM peak measured in the same process right after
 (best ``torch.mm`` of two n x n matrices, n**3 multiply-adds, in the run's compute dtype).
@@ -104,6 +105,7 @@ class BenchmarkResult:
     gemm_peak_fp32: Optional[float] = None  # also measured when the run's dtype is not fp32
     load_average: Optional[Tuple[float, float, float]] = None
     threads: int = 0
+    cpu_times: List[float] = field(default_factory=list)  # process CPU seconds per iteration (all threads)
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -381,7 +383,7 @@ def _compute_dtype(job: BenchmarkJob, cfg, device: torch.device) -> Optional[tor
     return None if dtype == torch.float32 else dtype
 
 
-def _synthetic_inputs(cfg, batch: int, size: Tuple[int, int], train: bool, device: torch.device) -> List[Dict]:
+def _synthetic_inputs(cfg, batch: int, size: Tuple[int, int], train: bool) -> List[Dict]:
     """detectron2 inputs: random images (0..255) and, for training, a few boxes (masks) per image or a label map."""
     from detectron2.structures import BitMasks, Boxes, Instances
 
@@ -461,12 +463,20 @@ def _build_data_loader(cfg, batch: int):
 
 def run_job(job: BenchmarkJob) -> BenchmarkResult:
     """Run one measurement in this process (see the module docstring) and return what was measured."""
-    from . import setup_cfg
-
     if job.task not in TASKS:
         raise ValueError(f"unknown task {job.task!r}; tasks: {', '.join(TASKS)}")
+    threads = torch.get_num_threads()
     if job.threads:
         torch.set_num_threads(job.threads)
+    try:
+        return _run_job(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_job(job: BenchmarkJob) -> BenchmarkResult:
+    from . import setup_cfg
+
     cfg = setup_cfg(job.config_file, list(job.opts))
     device = torch.device(cfg.MODEL.DEVICE)
     amp = _compute_dtype(job, cfg, device)
@@ -527,7 +537,7 @@ def run_job(job: BenchmarkJob) -> BenchmarkResult:
         model.train(train)
         if job.reference:
             variant = _swap_in_reference(model, cfg.MODEL.PVT.DROP_PATH_RATE)
-        inputs = _synthetic_inputs(cfg, batch, size, train, device)
+        inputs = _synthetic_inputs(cfg, batch, size, train)
         if train:
             params = [p for p in model.parameters() if p.requires_grad]
             notes.append("FLOPs not counted for train-full")
@@ -569,12 +579,14 @@ def run_job(job: BenchmarkJob) -> BenchmarkResult:
         step()
     _sync(device)
     times: List[float] = []
+    cpu_times: List[float] = []
     last_report = time.perf_counter()
     for i in range(job.iters):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         _sync(device)
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
         if time.perf_counter() - last_report > _PROGRESS_EVERY_S and i + 1 < job.iters:
             print(f"[benchmark] {label}: iteration {i + 1}/{job.iters}, {times[-1]:.3f} s", flush=True)
             last_report = time.perf_counter()
@@ -597,16 +609,40 @@ def run_job(job: BenchmarkJob) -> BenchmarkResult:
         memory_method=meter.method, flops=flops, gemm_peak=peak_gemm,
         gemm_dtype=None if gemm_dtype is None else _AMP_NAMES.get(gemm_dtype, "fp32"), gemm_peak_fp32=peak_fp32,
         load_average=load,
-        threads=torch.get_num_threads(), notes=notes,
+        threads=torch.get_num_threads(), cpu_times=cpu_times, notes=notes,
     )
 
 
+def _child(job: BenchmarkJob, conn) -> None:
+    try:
+        conn.send(("ok", run_job(job)))
+    except BaseException:  # report anything, including KeyboardInterrupt, to the parent
+        import traceback
+
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
 def _run_isolated(job: BenchmarkJob) -> BenchmarkResult:
+    """``run_job`` in a fresh (spawned, non-daemonic: the data task starts loader workers) process."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(run_job, (job,))
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(job, sender))
+    proc.start()
+    sender.close()
+    try:
+        status, payload = receiver.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the benchmark process for {job.task!r} died (exit code {proc.exitcode}); out of "
+                           "memory?") from None
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"the benchmark process for {job.task!r} failed:\n{payload}")
+    return payload
 
 
 def run_benchmark(job: BenchmarkJob, isolate: bool = True) -> List[BenchmarkResult]:
@@ -636,7 +672,8 @@ def format_result(r: BenchmarkResult) -> str:
     unit = "batch/s" if r.task == "data" else "img/s"
     rate = r.images_per_s / r.batch if r.task == "data" else r.images_per_s
     parts = [f"{r.task} {r.variant}: {r.model} {shape} {r.dtype} {r.device} ({r.threads} threads)",
-             f"median {r.median:.4f} s, min {r.best:.4f} s",
+             f"median {r.median:.4f} s, min {r.best:.4f} s"
+             + (f" (CPU time {statistics.median(r.cpu_times):.4f} s)" if r.cpu_times and r.device == "cpu" else ""),
              f"{r.images_per_s:.2f} img/s" + (f" ({rate:.2f} {unit})" if r.task == "data" else ""),
              f"peak memory +{_fmt_bytes(r.peak_memory)}"]
     if r.flops:
@@ -681,6 +718,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    misplaced = [o for o in args.opts if o.startswith("--")]
+    if misplaced:
+        parser.error(f"options go before the KEY VALUE overrides; found {misplaced} after them")
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
 

@@ -31,6 +31,8 @@ def add_pvt_config(cfg: CN) -> None:
     cfg.MODEL.PVT.CHECKPOINT_ACTIVATIONS = False
     # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU: less memory, same grads.
     cfg.MODEL.PVT.RECOMPUTE_GELU = True
+    # CPU fp32 inference: oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU fused: faster.
+    cfg.MODEL.PVT.ONEDNN_INFERENCE = True
     _add_training_config(cfg)
     _add_detr_config(cfg)
     _add_sem_seg_config(cfg)

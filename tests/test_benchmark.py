@@ -1,0 +1,256 @@
+"""python -m pvt_d2.benchmark, its reference formulations, and the speed/memory switches (which must change nothing
+else): activation checkpointing, GELU recomputation, oneDNN inference, bf16 autocast."""
+import os
+
+import pytest
+import torch
+
+from pvt_d2.benchmark import (BenchmarkJob, UnfusedPVT, format_result, gemm_peak, main, reference_backbone,
+                              run_benchmark)
+from pvt_d2.modeling import pvt as pvt_module
+from pvt_d2.modeling.pvt import PVT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V1_CFG = os.path.join(ROOT, "configs/Synthetic/mask_rcnn_pvt_tiny_shapes.yaml")
+V2_CFG = os.path.join(ROOT, "configs/Synthetic/retinanet_pvt_v2_b0_shapes.yaml")
+TINY = dict(size=(64, 64), iters=2, warmup=1, threads=1)  # 1 thread: steadier on a shared machine
+
+
+def _pvt(arch, **kwargs):
+    """A PVT variant; "tiny_li" is a one-block-per-stage linear-SRA v2 (pvt_v2_b2_li's design, fast to run)."""
+    if arch == "tiny_li":
+        return PVT(None, version=2, depths=(1, 1, 1, 1), embed_dims=(32, 64, 160, 256), linear=True, **kwargs)
+    return PVT(arch, **kwargs)
+
+
+def _perturbed(model):
+    """Non-trivial norms and biases, so that every parameter shows in the outputs."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _saved_bytes(model, x):
+    """Bytes of the activations autograd saves for the backward of one forward (distinct storages, parameters
+    excluded)."""
+    storages = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs = model(x)
+    return sum(storages.values()), outs
+
+
+def _grads(model, x, seed=1):
+    torch.manual_seed(seed)  # same stochastic-depth draws
+    loss = sum((o.float() ** 2).mean() for o in model(x))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# ---- the reference formulations -------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch, size", [("pvt_tiny", (96, 128)), ("pvt_v2_b0", (100, 130)), ("tiny_li", (64, 96))])
+def test_unfused_reference_matches_pvt_on_the_same_parameters(arch, size):
+    model = _perturbed(_pvt(arch)).eval()
+    ref = UnfusedPVT(model).eval()
+    assert {id(p) for p in ref.parameters()} == {id(p) for p in model.parameters()}
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        for a, b in zip(model(x), ref(x)):
+            assert b.is_contiguous()
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_v2_reference_is_timm_sharing_our_tensors():
+    pytest.importorskip("timm")
+    model = _perturbed(PVT("pvt_v2_b0")).eval()
+    ref, desc = reference_backbone(model)
+    assert "timm" in desc
+    ours = {p.data_ptr() for p in model.parameters()}
+    assert {p.data_ptr() for p in ref.parameters()} == ours  # shared, not copied
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), ref.eval()(x)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_v1_reference_is_the_unfused_formulation():
+    _, desc = reference_backbone(PVT("pvt_tiny"))
+    assert "unfused" in desc
+
+
+def test_gemm_peak_is_positive():
+    assert gemm_peak("cpu", torch.float32, n=128, reps=2) > 0
+
+
+# ---- the tasks ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config, ref_kind", [(V1_CFG, "unfused"), (V2_CFG, None)])
+def test_backbone_and_train_tasks_with_reference(config, ref_kind):
+    for task in ("backbone", "train"):
+        job = BenchmarkJob(config_file=config, opts=["MODEL.DEVICE", "cpu"], task=task, reference=True, **TINY)
+        ours, ref = run_benchmark(job, isolate=False)
+        assert ours.variant == "ours" and ref.variant.startswith("reference")
+        if ref_kind:
+            assert ref_kind in ref.variant
+        assert len(ours.times) == len(ref.times) == 2 and min(ours.times + ref.times) > 0
+        assert ours.batch == (2 if task == "train" else 1) and ours.size == (64, 64)
+        assert ours.flops > 0 and ref.flops == ours.flops  # same math, counted once
+        assert ours.gemm_peak > 0 and 0 < ours.peak_share
+        assert ours.memory_method != "none" and ours.peak_memory is not None
+        line = format_result(ours)
+        assert "median" in line and "GFLOP/s" in line and "GEMM peak" in line
+
+
+def test_cli_runs_every_task_and_prints_ratios_and_summary(capsys, tmp_path):
+    out_json = tmp_path / "results.json"
+    assert main(["--config-file", V2_CFG, "--task", "backbone", "inference", "train-full", "data", "--size", "64",
+                 "64", "--iters", "2", "--warmup", "1", "--threads", "1", "--reference", "--no-isolate",
+                 "--json", str(out_json), "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+                 "SOLVER.IMS_PER_BATCH", "2"]) == 0
+    out = capsys.readouterr().out
+    for task in ("backbone", "inference", "train-full"):
+        assert f"{task} ours/reference: time" in out
+    assert "data ours: shapes_train batch 2" in out
+    assert "summary:" in out and "load average" in out
+    import json
+
+    results = json.loads(out_json.read_text())
+    assert [(r["task"], r["variant"] == "ours") for r in results] == [
+        ("backbone", True), ("backbone", False), ("inference", True), ("inference", False),
+        ("train-full", True), ("train-full", False), ("data", True)]
+
+
+def test_options_after_the_overrides_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--config-file", V1_CFG, "MODEL.DEVICE", "cpu", "--iters", "1"])
+    assert "options go before the KEY VALUE overrides" in capsys.readouterr().err
+
+
+def test_bf16_dtype_reports_bf16_and_both_gemm_peaks():
+    job = BenchmarkJob(config_file=V1_CFG, opts=["MODEL.DEVICE", "cpu"], task="backbone", dtype="bf16", **TINY)
+    (r,) = run_benchmark(job, isolate=False)
+    assert r.dtype == "bf16" and r.gemm_dtype == "bf16" and r.gemm_peak_fp32 > 0
+
+
+def test_fp16_on_cpu_is_refused():
+    job = BenchmarkJob(config_file=V1_CFG, opts=["MODEL.DEVICE", "cpu"], task="backbone", dtype="fp16", **TINY)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        run_benchmark(job, isolate=False)
+
+
+def test_isolated_run_measures_in_a_fresh_process():
+    job = BenchmarkJob(config_file=V2_CFG, opts=["MODEL.DEVICE", "cpu"], task="backbone", **TINY)
+    threads = torch.get_num_threads()
+    (r,) = run_benchmark(job, isolate=True)
+    assert torch.get_num_threads() == threads
+    assert r.threads == 1 and r.peak_memory is not None and len(r.times) == 2
+
+
+# ---- switches that change speed or memory only --------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
+def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch):
+    torch.manual_seed(0)
+    plain = _perturbed(_pvt(arch, drop_path_rate=0.2, recompute_gelu=False))
+    lean = _pvt(arch, drop_path_rate=0.2, recompute_gelu=True)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    saved_plain, _ = _saved_bytes(plain, x)
+    saved_lean, _ = _saved_bytes(lean, x)
+    assert saved_lean < 0.85 * saved_plain
+    g_plain, g_lean = _grads(plain, x), _grads(lean, x)
+    assert g_plain.keys() == g_lean.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_lean[name], g_plain[name], atol=1e-7, rtol=1e-6, msg=name)
+
+
+def test_recompute_gelu_under_bf16_autocast_gives_equal_gradients():
+    torch.manual_seed(0)
+    plain = _perturbed(PVT("pvt_v2_b0", recompute_gelu=False))
+    lean = PVT("pvt_v2_b0", recompute_gelu=True)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for model in (plain, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = sum((o.float() ** 2).mean() for o in model(x))
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name in grads[0]:
+        assert grads[1][name].dtype == torch.float32
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])
+def test_checkpoint_activations_gives_equal_gradients_and_saves_less(arch):
+    torch.manual_seed(0)
+    plain = _perturbed(PVT(arch, drop_path_rate=0.2))
+    ckpt = PVT(arch, drop_path_rate=0.2, checkpoint_activations=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    saved_plain, _ = _saved_bytes(plain, x)
+    saved_ckpt, _ = _saved_bytes(ckpt, x)
+    assert saved_ckpt < 0.5 * saved_plain
+    g_plain, g_ckpt = _grads(plain, x), _grads(ckpt, x)
+    for name in g_plain:
+        torch.testing.assert_close(g_ckpt[name], g_plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
+def test_onednn_inference_gives_the_same_outputs(arch, monkeypatch):
+    if pvt_module._ONEDNN_LINEAR is None:
+        pytest.skip("this PyTorch has no oneDNN fused linear")
+    calls = []
+    fused = pvt_module._ONEDNN_LINEAR
+
+    def counting(*args):
+        calls.append(args[3])
+        return fused(*args)
+
+    monkeypatch.setattr(pvt_module, "_ONEDNN_LINEAR", counting)
+    torch.manual_seed(0)
+    plain = _perturbed(_pvt(arch, onednn_inference=False)).eval()
+    fast = _pvt(arch, onednn_inference=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected, got = plain(x), fast(x)
+    assert len(calls) == 5 * sum(plain.spec.depths)  # q, kv, proj, fc1, fc2 of every block
+    assert ("gelu" in calls) == (plain.version == 1)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # with autograd the plain path runs: outputs carry gradients
+        assert all(o.requires_grad for o in fast(x))
+
+
+@pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])
+def test_bf16_autocast_stage_outputs_within_2_percent(arch):
+    model = _perturbed(PVT(arch)).eval()
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        fp32 = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x)
+    for a, b in zip(bf16, fp32):
+        assert a.dtype in (torch.bfloat16, torch.float32)  # v1's residual sums stay fp32
+        assert ((a.float() - b).norm() / b.norm()).item() < 0.02
+
+
+def test_inference_gelu_in_place_leaves_inputs_alone():
+    model = PVT("pvt_v2_b0").eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = x.clone()
+    with torch.no_grad():
+        first = [o.clone() for o in model(x)]
+        second = model(x)
+    assert torch.equal(x, before)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
