@@ -1,5 +1,6 @@
 """python -m pvt_d2.benchmark, its reference formulations, and the speed/memory switches (which must change nothing
 else): activation checkpointing, GELU recomputation, oneDNN inference, bf16 autocast."""
+import glob
 import os
 
 import pytest
@@ -254,3 +255,15 @@ def test_inference_gelu_in_place_leaves_inputs_alone():
     assert torch.equal(x, before)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+# ---- every config --------------------------------------------------------------------------------------------
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[os.path.relpath(c, ROOT) for c in CONFIGS])
+def test_benchmark_runs_on_every_config(config):
+    job = BenchmarkJob(config_file=config, opts=["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"], task="backbone",
+                       size=(64, 64), iters=1, warmup=0, threads=1, flops=False)
+    (result,) = run_benchmark(job, isolate=False)
+    assert result.times and result.times[0] > 0 and result.model
