@@ -42,7 +42,6 @@ def test_analyze_cli_prints_tables_and_summary(capsys):
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=[os.path.relpath(c, ROOT) for c in CONFIGS])
 def test_analyze_runs_on_every_config(config):
     assert main(["--config-file", config, "--tasks", "parameter", "flop", "--model", "backbone", "--size", "64",
