@@ -33,6 +33,8 @@ def add_pvt_config(cfg: CN) -> None:
     cfg.MODEL.PVT.RECOMPUTE_GELU = True
     # CPU fp32 inference: oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU fused: faster.
     cfg.MODEL.PVT.ONEDNN_INFERENCE = True
+    # CPU inference: each FFN over bands of token rows whose hidden activations stay in the CPU cache: faster.
+    cfg.MODEL.PVT.CHUNKED_MLP_INFERENCE = True
     _add_training_config(cfg)
     _add_detr_config(cfg)
     _add_sem_seg_config(cfg)
