@@ -83,18 +83,23 @@ def test_eval_only_prints_ap_and_predictor_matches_it(trained, tmp_path):
     np.testing.assert_allclose(xywh, [r["bbox"] for r in expected], atol=1e-2)
 
 
-def test_predict_cli_draws_images(trained, tmp_path):
-    out, _ = trained
+def check_predict_cli_draws_a_val_image(config, opts, weights, out_dir):
+    """``python -m pvt_d2.predict`` on the first shapes_val image writes its drawing."""
     from pvt_d2.data.shapes import ensure_shapes_generated, shapes_files
 
     root = os.path.join(ROOT, "datasets", "shapes")
     ensure_shapes_generated(root)
     image_dir = shapes_files(root, "val")["image_root"]
     image = sorted(os.listdir(image_dir))[0]
-    log = run("-m", "pvt_d2.predict", "--config-file", CFG, "--input", os.path.join(image_dir, image),
-              "--output", str(tmp_path / "vis"), *TINY, "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    log = run("-m", "pvt_d2.predict", "--config-file", config, "--input", os.path.join(image_dir, image),
+              "--output", str(out_dir), *opts, "MODEL.WEIGHTS", str(weights))
     assert "Drew predictions on 1 images" in log
-    assert (tmp_path / "vis" / (os.path.splitext(image)[0] + ".png")).is_file()
+    assert (out_dir / (os.path.splitext(image)[0] + ".png")).is_file()
+
+
+def test_predict_cli_draws_images(trained, tmp_path):
+    out, _ = trained
+    check_predict_cli_draws_a_val_image(CFG, TINY, out / "model_final.pth", tmp_path / "vis")
 
 
 def test_bad_config_key_names_the_key(tmp_path):

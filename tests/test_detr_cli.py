@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from test_cli_e2e import ROOT, run
+from test_cli_e2e import check_predict_cli_draws_a_val_image, run
 
 CFG = "configs/Synthetic/detr_pvt_v2_b0_shapes.yaml"
 # A small DETR on small images: the backbone and everything else stay the config's.
@@ -54,13 +54,4 @@ def test_detr_eval_only_prints_box_ap(detr_run, tmp_path):
 
 
 def test_detr_predict_cli_draws_detections(detr_run, tmp_path):
-    from pvt_d2.data.shapes import ensure_shapes_generated, shapes_files
-
-    root = os.path.join(ROOT, "datasets", "shapes")
-    ensure_shapes_generated(root)
-    image_dir = shapes_files(root, "val")["image_root"]
-    image = sorted(os.listdir(image_dir))[0]
-    log = run("-m", "pvt_d2.predict", "--config-file", CFG, "--input", os.path.join(image_dir, image),
-              "--output", str(tmp_path / "vis"), *TINY, "MODEL.WEIGHTS", str(detr_run / "model_final.pth"))
-    assert "Drew predictions on 1 images" in log
-    assert (tmp_path / "vis" / (os.path.splitext(image)[0] + ".png")).is_file()
+    check_predict_cli_draws_a_val_image(CFG, TINY, detr_run / "model_final.pth", tmp_path / "vis")
