@@ -34,6 +34,14 @@ def _perturbed(model):
     return model
 
 
+def _switched_pair(arch, switch, **kwargs):
+    """(plain, switched): the same weights (perturbed norms and biases), the speed/memory ``switch`` off and on."""
+    plain = _perturbed(_pvt(arch, **{switch: False}, **kwargs))
+    switched = _pvt(arch, **{switch: True}, **kwargs)
+    switched.load_state_dict(plain.state_dict())
+    return plain, switched
+
+
 def _saved_bytes(model, x):
     """Bytes of the activations autograd saves for the backward of one forward (distinct storages, parameters
     excluded)."""
@@ -160,9 +168,7 @@ def test_isolated_run_measures_in_a_fresh_process():
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
 def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch):
     torch.manual_seed(0)
-    plain = _perturbed(_pvt(arch, drop_path_rate=0.2, recompute_gelu=False))
-    lean = _pvt(arch, drop_path_rate=0.2, recompute_gelu=True)
-    lean.load_state_dict(plain.state_dict())
+    plain, lean = _switched_pair(arch, "recompute_gelu", drop_path_rate=0.2)
     x = torch.randn(2, 3, 64, 96)
     saved_plain, _ = _saved_bytes(plain, x)
     saved_lean, _ = _saved_bytes(lean, x)
@@ -175,9 +181,7 @@ def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch):
 
 def test_recompute_gelu_under_bf16_autocast_gives_equal_gradients():
     torch.manual_seed(0)
-    plain = _perturbed(PVT("pvt_v2_b0", recompute_gelu=False))
-    lean = PVT("pvt_v2_b0", recompute_gelu=True)
-    lean.load_state_dict(plain.state_dict())
+    plain, lean = _switched_pair("pvt_v2_b0", "recompute_gelu")
     x = torch.randn(1, 3, 64, 64)
     grads = []
     for model in (plain, lean):
@@ -193,9 +197,7 @@ def test_recompute_gelu_under_bf16_autocast_gives_equal_gradients():
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])
 def test_checkpoint_activations_gives_equal_gradients_and_saves_less(arch):
     torch.manual_seed(0)
-    plain = _perturbed(PVT(arch, drop_path_rate=0.2))
-    ckpt = PVT(arch, drop_path_rate=0.2, checkpoint_activations=True)
-    ckpt.load_state_dict(plain.state_dict())
+    plain, ckpt = _switched_pair(arch, "checkpoint_activations", drop_path_rate=0.2)
     x = torch.randn(2, 3, 64, 96)
     saved_plain, _ = _saved_bytes(plain, x)
     saved_ckpt, _ = _saved_bytes(ckpt, x)
@@ -218,9 +220,7 @@ def test_onednn_inference_gives_the_same_outputs(arch, monkeypatch):
 
     monkeypatch.setattr(pvt_module, "_ONEDNN_LINEAR", counting)
     torch.manual_seed(0)
-    plain = _perturbed(_pvt(arch, onednn_inference=False)).eval()
-    fast = _pvt(arch, onednn_inference=True).eval()
-    fast.load_state_dict(plain.state_dict())
+    plain, fast = (m.eval() for m in _switched_pair(arch, "onednn_inference"))
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         expected, got = plain(x), fast(x)
@@ -235,9 +235,7 @@ def test_onednn_inference_gives_the_same_outputs(arch, monkeypatch):
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
 def test_chunked_mlp_inference_gives_the_same_outputs(arch, monkeypatch):
     monkeypatch.setattr(pvt_module, "_MLP_BAND_ELEMENTS", 70000)  # stage 1-2: 2-row bands, the last one shorter
-    plain = _perturbed(_pvt(arch, chunked_mlp_inference=False)).eval()
-    chunked = _pvt(arch, chunked_mlp_inference=True).eval()
-    chunked.load_state_dict(plain.state_dict())
+    plain, chunked = (m.eval() for m in _switched_pair(arch, "chunked_mlp_inference"))
     x = torch.randn(2, 3, 100, 132)
     with torch.no_grad():
         for a, b in zip(chunked(x), plain(x)):
