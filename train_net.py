@@ -23,6 +23,7 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pvt_d2", abbrev_name="pvt_d2")
     logger.info("detectron2 compatibility fixes in effect: %s", pvt_d2.compat.applied() or "none")
+    logger.info("freed CPU memory kept for reuse (pvt_d2.cpu_allocator): %s", pvt_d2.keep_freed_memory())
     return cfg
 
 

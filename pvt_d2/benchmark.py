@@ -20,15 +20,19 @@ as 2x forward) and the GFLOP/s achieved, with its share of the GEMM peak measure
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated after the model was built; on the
 CPU, the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above the resident set after the
-model was built. Each measured task runs in a fresh child process (multiprocessing "spawn"), so memory freed by
+model was built. Both ours and the reference run with ``pvt_d2.cpu_allocator.keep_freed_memory()``, as
+``train_net.py`` does (``PVT_D2_KEEP_FREED_MEMORY=0`` measures without it). Each measured task runs in a fresh child process (multiprocessing "spawn"), so memory freed by
 one task but kept by the C allocator never hides the next task's use; ``--no-isolate`` runs in this process (faster
 to start, memory figures then only approximate).
 
 ``--reference`` also measures, in the same run and on the same weights (shared tensors, not copies), a plain eager
-formulation of the backbone: timm's ``pvt_v2_*`` (``features_only``) for the standard v2 variants when timm is
-installed, otherwise ``UnfusedPVT`` below (explicit softmax(q kᵀ) v attention, v1 position embeddings resized on
-every forward, contiguous stage outputs, like the authors' detection code), and prints ours / reference ratios.
-In the ``inference`` and ``train-full`` tasks the reference replaces the PVT inside the whole model.
+formulation of the backbone and prints ours / reference ratios. ``--reference-kind`` picks it: ``timm`` is timm's
+``pvt_v2_*`` (``features_only``; standard v2 variants, timm installed), ``unfused`` is ``UnfusedPVT`` below, the
+formulation of the authors' detection code for v1 and v2 alike (explicit softmax(q kᵀ) v attention, v1 position
+embeddings resized on every forward, contiguous stage outputs), and ``auto`` (the default) is timm where it applies,
+else unfused. timm's attention is fused (``F.scaled_dot_product_attention``), the authors' is not, so for v2 the
+two references differ in speed and memory, not in outputs. In the ``inference`` and ``train-full`` tasks the
+reference replaces the PVT inside the whole model.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "TASKS", "BenchmarkJob", "BenchmarkResult", "UnfusedPVT", "reference_backbone", "gemm_peak", "run_job",
+    "TASKS", "REFERENCE_KINDS", "BenchmarkJob", "BenchmarkResult", "UnfusedPVT", "reference_backbone", "gemm_peak", "run_job",
     "run_benchmark", "format_result", "main",
 ]
 
@@ -68,13 +72,15 @@ class BenchmarkJob:
     size: (H, W) input pixels (None: the config's test size, see ``default_size``). batch: images per iteration
     (None: 1 for backbone / inference, 2 for train tasks, SOLVER.IMS_PER_BATCH for data). dtype: "fp32", "bf16" or
     "fp16" autocast, or None (train tasks: SOLVER.AMP; others fp32). threads: torch intra-op threads (None: torch's
-    default). seed: the weights' and inputs' seed, the same for ours and the reference.
+    default). seed: the weights' and inputs' seed, the same for ours and the reference. reference_kind: which
+    reference formulation ``reference`` measures (``REFERENCE_KINDS``).
     """
 
     config_file: str
     opts: List[str] = field(default_factory=list)
     task: str = "backbone"
     reference: bool = False
+    reference_kind: str = "auto"  # see REFERENCE_KINDS
     size: Optional[Tuple[int, int]] = None
     batch: Optional[int] = None
     iters: int = 10
@@ -240,19 +246,31 @@ def _timm_reference(pvt: nn.Module, drop_path_rate: float) -> Optional[nn.Module
     return model
 
 
-def reference_backbone(pvt: nn.Module, drop_path_rate: Optional[float] = None) -> Tuple[nn.Module, str]:
+REFERENCE_KINDS = ("auto", "timm", "unfused")
+
+
+def reference_backbone(pvt: nn.Module, drop_path_rate: Optional[float] = None,
+                       kind: str = "auto") -> Tuple[nn.Module, str]:
     """The reference formulation of ``pvt`` on its tensors: ``(module returning the 4 stage outputs, description)``.
 
-    timm's ``pvt_v2_*`` for the standard v2 variants when timm is installed, else ``UnfusedPVT``. drop_path_rate:
-    the reference's stochastic depth (None: that of ``pvt``'s last block).
+    kind: "timm" (timm's ``pvt_v2_*``; a ValueError where it does not apply), "unfused" (``UnfusedPVT``, the
+    authors' formulation) or "auto" (timm where it applies, else unfused). drop_path_rate: the reference's
+    stochastic depth (None: that of ``pvt``'s last block).
     """
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"reference kind {kind!r} is not one of {REFERENCE_KINDS}")
     if drop_path_rate is None:
         rates = [blk.drop_path for i in range(4) for blk in getattr(pvt, f"block{i + 1}")]
         drop_path_rate = rates[-1] if rates else 0.0
-    ref = _timm_reference(pvt, drop_path_rate)
-    if ref is not None:
-        return ref, f"reference (timm {pvt.arch}, eager)"
-    return UnfusedPVT(pvt), f"reference (unfused {getattr(pvt, 'arch', None) or 'PVT'}, eager)"
+    arch = getattr(pvt, "arch", None) or "PVT"
+    if kind != "unfused":
+        ref = _timm_reference(pvt, drop_path_rate)
+        if ref is not None:
+            return ref, f"reference (timm {arch}, eager)"
+        if kind == "timm":
+            raise ValueError(f"--reference-kind timm: timm has no equivalent of {arch} (timm models standard "
+                             "pvt_v2 variants only, and timm must be installed); use --reference-kind unfused")
+    return UnfusedPVT(pvt), f"reference (unfused {arch}, eager: the authors' formulation)"
 
 
 class _ReferenceAsBackbone(nn.Module):
@@ -414,7 +432,7 @@ def _synthetic_inputs(cfg, batch: int, size: Tuple[int, int], train: bool) -> Li
     return inputs
 
 
-def _swap_in_reference(model: nn.Module, drop_path_rate: float) -> str:
+def _swap_in_reference(model: nn.Module, drop_path_rate: float, kind: str) -> str:
     """Replace the PVT inside ``model`` by its reference formulation (same tensors); returns the description."""
     from .engine.checkpointer import _find_pvt
 
@@ -422,7 +440,7 @@ def _swap_in_reference(model: nn.Module, drop_path_rate: float) -> str:
     if found is None:
         raise ValueError("--reference: the model has no PVT backbone")
     prefix, pvt = found
-    impl, desc = reference_backbone(pvt, drop_path_rate)
+    impl, desc = reference_backbone(pvt, drop_path_rate, kind)
     wrapper = _ReferenceAsBackbone(impl, pvt._out_features)
     wrapper.train(pvt.training)
     path = prefix.rstrip(".")
@@ -465,6 +483,9 @@ def run_job(job: BenchmarkJob) -> BenchmarkResult:
     """Run one measurement in this process (see the module docstring) and return what was measured."""
     if job.task not in TASKS:
         raise ValueError(f"unknown task {job.task!r}; tasks: {', '.join(TASKS)}")
+    from .cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # what train_net.py and pvt_d2.predict run with (ours and the reference alike)
     threads = torch.get_num_threads()
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -494,7 +515,7 @@ def _run_job(job: BenchmarkJob) -> BenchmarkResult:
     if job.task in ("backbone", "train"):
         model = _build_backbone(cfg).to(device)
         if job.reference:
-            impl, variant = reference_backbone(model, cfg.MODEL.PVT.DROP_PATH_RATE)
+            impl, variant = reference_backbone(model, cfg.MODEL.PVT.DROP_PATH_RATE, job.reference_kind)
             del model
             model = impl.to(device)
         x = torch.randn(batch, 3, *size, device=device)
@@ -536,7 +557,7 @@ def _run_job(job: BenchmarkJob) -> BenchmarkResult:
         train = job.task == "train-full"
         model.train(train)
         if job.reference:
-            variant = _swap_in_reference(model, cfg.MODEL.PVT.DROP_PATH_RATE)
+            variant = _swap_in_reference(model, cfg.MODEL.PVT.DROP_PATH_RATE, job.reference_kind)
         inputs = _synthetic_inputs(cfg, batch, size, train)
         if train:
             params = [p for p in model.parameters() if p.requires_grad]
@@ -708,7 +729,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--reference", action="store_true",
-                        help="also measure the plain eager formulation (timm pvt_v2 / unfused) on the same weights")
+                        help="also measure a plain eager formulation on the same weights (see --reference-kind)")
+    parser.add_argument("--reference-kind", choices=REFERENCE_KINDS, default="auto",
+                        help="the reference: timm's pvt_v2, the authors' unfused formulation, or auto (timm where "
+                             "it applies, else unfused)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
                         help="autocast dtype (default: train tasks SOLVER.AMP, others fp32); CPU: fp32 or bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -731,7 +755,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = []
     for task in args.task:
         job = BenchmarkJob(config_file=args.config_file, opts=list(args.opts), task=task,
-                           reference=args.reference and task != "data", size=tuple(args.size) if args.size else None,
+                           reference=args.reference and task != "data",
+                           reference_kind=args.reference_kind, size=tuple(args.size) if args.size else None,
                            batch=args.batch, iters=args.iters, warmup=args.warmup, dtype=args.dtype,
                            threads=args.threads, flops=not args.no_flops)
         found = run_benchmark(job, isolate=not args.no_isolate)

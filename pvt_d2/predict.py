@@ -26,7 +26,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logger(name="pvt_d2", abbrev_name="pvt_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     logger = logging.getLogger("pvt_d2.predict")
-    from . import Predictor, setup_cfg, visualize_images
+    from . import Predictor, keep_freed_memory, setup_cfg, visualize_images
+
+    keep_freed_memory()
 
     start = time.perf_counter()
     cfg = setup_cfg(args.config_file, args.opts)

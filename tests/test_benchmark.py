@@ -95,6 +95,16 @@ def test_v2_reference_is_timm_sharing_our_tensors():
 def test_v1_reference_is_the_unfused_formulation():
     _, desc = reference_backbone(PVT("pvt_tiny"))
     assert "unfused" in desc
+    with pytest.raises(ValueError, match="timm has no equivalent of pvt_tiny.*--reference-kind unfused"):
+        reference_backbone(PVT("pvt_tiny"), kind="timm")
+
+
+def test_v2_reference_kind_unfused_is_the_authors_formulation():
+    model = PVT("pvt_v2_b0")
+    ref, desc = reference_backbone(model, kind="unfused")
+    assert isinstance(ref, UnfusedPVT) and "authors' formulation" in desc
+    with pytest.raises(ValueError, match="reference kind 'fused' is not one of"):
+        reference_backbone(model, kind="fused")
 
 
 def test_gemm_peak_is_positive():
@@ -136,6 +146,15 @@ def test_cli_runs_every_task_and_prints_ratios_and_summary(capsys, tmp_path):
     assert [(r["task"], r["variant"] == "ours") for r in results] == [
         ("backbone", True), ("backbone", False), ("inference", True), ("inference", False),
         ("train-full", True), ("train-full", False), ("data", True)]
+
+
+def test_cli_reference_kind_unfused_measures_the_authors_formulation_of_v2(capsys):
+    assert main(["--config-file", V2_CFG, "--task", "train", "--size", "64", "64", "--iters", "1", "--warmup", "0",
+                 "--threads", "1", "--reference", "--reference-kind", "unfused", "--no-isolate", "--no-flops",
+                 "MODEL.DEVICE", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "train reference (unfused pvt_v2_b0, eager: the authors' formulation)" in out
+    assert "train ours/reference: time" in out
 
 
 def test_options_after_the_overrides_are_refused(capsys):
