@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -63,6 +64,7 @@ TASKS = ("backbone", "train", "train-full", "inference", "data")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _PROGRESS_EVERY_S = 10.0
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")  # a config override's key, e.g. MODEL.WEIGHTS
 
 
 @dataclass
@@ -720,7 +722,8 @@ def _ratio_line(ours: BenchmarkResult, ref: BenchmarkResult) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pvt_d2.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--task", nargs="+", choices=TASKS, default=["backbone"])
+    parser.add_argument("--task", nargs="+", default=["backbone"], metavar="TASK",
+                        help=f"one or more of {', '.join(TASKS)} (default: backbone)")
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                         help="input size (default: INPUT.MIN_SIZE_TEST x 4/3 of it, capped by MAX_SIZE_TEST, "
                              "padded to a multiple of 32)")
@@ -742,6 +745,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    # "--task inference MODEL.WEIGHTS x": --task takes several values, so argparse hands it the overrides too
+    n_tasks = next((i for i, t in enumerate(args.task) if t not in TASKS), len(args.task))
+    if n_tasks < len(args.task):
+        first = args.task[n_tasks]
+        if n_tasks == 0 or not _CONFIG_KEY.match(first):
+            parser.error(f"--task: {first!r} is not a task; tasks: {', '.join(TASKS)}")
+        args.opts = args.task[n_tasks:] + list(args.opts)
+        args.task = args.task[:n_tasks]
     misplaced = [o for o in args.opts if o.startswith("--")]
     if misplaced:
         parser.error(f"options go before the KEY VALUE overrides; found {misplaced} after them")

@@ -157,6 +157,19 @@ def test_cli_reference_kind_unfused_measures_the_authors_formulation_of_v2(capsy
     assert "train ours/reference: time" in out
 
 
+def test_overrides_right_after_the_tasks_are_overrides_not_tasks(capsys):
+    assert main(["--config-file", V2_CFG, "--size", "64", "64", "--iters", "1", "--warmup", "0", "--threads", "1",
+                 "--no-isolate", "--no-flops", "--task", "backbone", "MODEL.DEVICE", "cpu",
+                 "MODEL.PVT.DROP_PATH_RATE", "0.0"]) == 0
+    assert "summary:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--config-file", V2_CFG, "--task", "backbone", "speed"])
+    assert "--task: 'speed' is not a task; tasks: backbone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--config-file", V2_CFG, "--task", "MODEL.DEVICE", "cpu"])
+    assert "--task: 'MODEL.DEVICE' is not a task" in capsys.readouterr().err
+
+
 def test_options_after_the_overrides_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--config-file", V1_CFG, "MODEL.DEVICE", "cpu", "--iters", "1"])
