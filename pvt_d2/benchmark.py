@@ -20,10 +20,10 @@ as 2x forward) and the GFLOP/s achieved, with its share of the GEMM peak measure
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated after the model was built; on the
 CPU, the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above the resident set after the
-model was built. Both ours and the reference run with ``pvt_d2.cpu_allocator.keep_freed_memory()``, as
-``train_net.py`` does (``PVT_D2_KEEP_FREED_MEMORY=0`` measures without it). Each measured task runs in a fresh child process (multiprocessing "spawn"), so memory freed by
+model was built. Each measured task runs in a fresh child process (multiprocessing "spawn"), so memory freed by
 one task but kept by the C allocator never hides the next task's use; ``--no-isolate`` runs in this process (faster
-to start, memory figures then only approximate).
+to start, memory figures then only approximate). Both ours and the reference run with
+``pvt_d2.cpu_allocator.keep_freed_memory()``, as ``train_net.py`` does (``PVT_D2_KEEP_FREED_MEMORY=0``: without).
 
 ``--reference`` also measures, in the same run and on the same weights (shared tensors, not copies), a plain eager
 formulation of the backbone and prints ours / reference ratios. ``--reference-kind`` picks it: ``timm`` is timm's
@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "TASKS", "REFERENCE_KINDS", "BenchmarkJob", "BenchmarkResult", "UnfusedPVT", "reference_backbone", "gemm_peak", "run_job",
-    "run_benchmark", "format_result", "main",
+    "TASKS", "REFERENCE_KINDS", "BenchmarkJob", "BenchmarkResult", "UnfusedPVT", "reference_backbone", "gemm_peak",
+    "run_job", "run_benchmark", "format_result", "main",
 ]
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,9 @@ reuse; larger blocks still come from, and go back to, the OS.
 
 Measured on the project's 2-core CPU (pvt_v2_b2, 800x1344, separate processes, interleaved): backbone forward ~10%
 faster (1.82-1.91 s -> 1.57-1.78 s in a slow hour of the host), train step at batch 2 ~3% faster at the same peak
-memory (one pair of runs: 14.89 vs 15.32 s, +5.36 vs +5.29 GiB). Forcing every block onto the heap (``M_MMAP_MAX = 0``) trained 16% faster but raised the
-train step's peak memory by 25% (heap fragmentation), so it is not used.
+memory (one pair of runs: 14.89 vs 15.32 s, +5.36 vs +5.29 GiB). Forcing every block onto the heap
+(``M_MMAP_MAX = 0``) trained 16% faster but raised the train step's peak memory by 25% (heap fragmentation), so it
+is not used.
 
 ``keep_freed_memory()`` is called by pvt_d2's entry points (``train_net.py``, ``python -m pvt_d2.predict``,
 ``python -m pvt_d2.benchmark``); scripts of one's own may call it first thing. It changes the whole process's
