@@ -9,13 +9,19 @@ import pytest
 _PROBE = "import pvt_d2.cpu_allocator as a; print(a.keep_freed_memory(), a.keep_freed_memory())"
 
 
-def _probe(env_value):
+def _run_python(code, env_value=None):
+    """stdout words of ``code`` run in a fresh interpreter (the tuning is process-wide), with
+    PVT_D2_KEEP_FREED_MEMORY unset or set to ``env_value``."""
     env = dict(os.environ)
     env.pop("PVT_D2_KEEP_FREED_MEMORY", None)
     if env_value is not None:
         env["PVT_D2_KEEP_FREED_MEMORY"] = env_value
-    return subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.split()
+
+
+def _probe(env_value):
+    return _run_python(_PROBE, env_value)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the tuning applies to glibc only")
@@ -43,6 +49,5 @@ for _ in range(5):
     torch.ones(n)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-    faults = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True).stdout.split()[-1])
+    faults = int(_run_python(code)[-1])
     assert faults < 5 * (16 << 20) // 4096 // 10  # a 16 MiB block is 4096 pages; fresh pages 5x would be 20480
