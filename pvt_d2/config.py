@@ -29,7 +29,8 @@ def add_pvt_config(cfg: CN) -> None:
     cfg.MODEL.PVT.FROZEN_STAGES = 0
     # Recompute block activations in the backward pass (torch.utils.checkpoint): less memory, one more block forward.
     cfg.MODEL.PVT.CHECKPOINT_ACTIVATIONS = False
-    # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU: less memory, same grads.
+    # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU (v2: keep the depthwise
+    # conv's input and recompute the conv and the GELU): less memory, same gradients.
     cfg.MODEL.PVT.RECOMPUTE_GELU = True
     # CPU fp32 inference: oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU fused: faster.
     cfg.MODEL.PVT.ONEDNN_INFERENCE = True

@@ -197,14 +197,16 @@ def test_isolated_run_measures_in_a_fresh_process():
 
 
 # ---- switches that change speed or memory only --------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
-def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch):
+# saved activations with recompute_gelu / without, measured: 0.68 (v1: the GELU's output not kept), 0.52 and 0.62
+# (v2: the depthwise conv's output not kept either; 0.76 and 0.81 when only the GELU's output was dropped)
+@pytest.mark.parametrize("arch,most", [("pvt_tiny", 0.75), ("pvt_v2_b0", 0.6), ("tiny_li", 0.7)])
+def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch, most):
     torch.manual_seed(0)
     plain, lean = _switched_pair(arch, "recompute_gelu", drop_path_rate=0.2)
     x = torch.randn(2, 3, 64, 96)
     saved_plain, _ = _saved_bytes(plain, x)
     saved_lean, _ = _saved_bytes(lean, x)
-    assert saved_lean < 0.85 * saved_plain
+    assert saved_lean < most * saved_plain
     g_plain, g_lean = _grads(plain, x), _grads(lean, x)
     assert g_plain.keys() == g_lean.keys()
     for name in g_plain:

@@ -234,20 +234,76 @@ class _GeluLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        # At most one hidden-size temporary alive at a time: GELU(h) is freed before grad_a is made, and the GELU
-        # backward writes into grad_a.
         h, weight = ctx.saved_tensors
-        grad_out = grad_out.to(h.dtype)
-        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_h = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            grad_w = flat_grad.t().mm(F.gelu(h).reshape(-1, h.shape[-1])).to(weight.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_b = flat_grad.sum(0).to(ctx.bias_dtype)
-        if ctx.needs_input_grad[0]:
-            grad_a = grad_out.matmul(weight.to(h.dtype))
-            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
-        return grad_h, grad_w, grad_b
+        return _gelu_linear_backward(grad_out, h, weight, ctx.bias_dtype, ctx.needs_input_grad)
+
+
+def _gelu_linear_backward(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+                          bias_dtype: Optional[torch.dtype], needs: Sequence[bool]):
+    """Gradients (h, weight, bias) of ``F.linear(F.gelu(h), weight, bias)``, computed in h's dtype; the weight and
+    bias gradients are returned in the parameters' dtypes. ``needs``: which of the three are wanted.
+
+    At most one hidden-size temporary is alive at a time: GELU(h) is freed before grad_a is made, and the GELU
+    backward writes into grad_a.
+    """
+    grad_out = grad_out.to(h.dtype)
+    flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_h = grad_w = grad_b = None
+    if needs[1]:
+        grad_w = flat_grad.t().mm(F.gelu(h).reshape(-1, h.shape[-1])).to(weight.dtype)
+    if needs[2]:
+        grad_b = flat_grad.sum(0).to(bias_dtype)
+    if needs[0]:
+        grad_a = grad_out.matmul(weight.to(h.dtype))
+        grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
+    return grad_h, grad_w, grad_b
+
+
+class _DwConvGeluLinear(torch.autograd.Function):
+    """v2's FFN after fc1, ``F.linear(F.gelu(dwconv(a)), weight, bias)``, saving only a (fc1's output, which the
+    conv's weight gradient needs anyway): the backward recomputes the depthwise conv and the GELU.
+
+    Against ``_GeluLinear`` (which keeps the conv's output too) one hidden-size activation per block fewer, the
+    largest tensors of a v2 training step, for one depthwise conv more in the backward. ``a`` is (B, h*w, C)
+    tokens; the conv runs on their (B, C, h, w) map. Under autocast the forward's ops autocast as usual and the
+    backward recomputes the conv in the dtype it ran in.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, h: int, w: int, conv: nn.Conv2d, conv_weight: torch.Tensor,
+                conv_bias: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        y = conv(_tokens_to_map(a, h, w)).flatten(2).transpose(1, 2)
+        ctx.save_for_backward(a, conv_weight, conv_bias, weight)
+        ctx.geometry = (h, w, conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.conv_dtype = y.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(F.gelu(y), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        a, conv_weight, conv_bias, weight = ctx.saved_tensors
+        h, w, stride, padding, dilation, groups = ctx.geometry
+        dt = ctx.conv_dtype
+        a_map = _tokens_to_map(a, h, w).to(dt)
+        cw = conv_weight.to(dt)
+        y = F.conv2d(a_map, cw, None if conv_bias is None else conv_bias.to(dt), stride, padding, dilation, groups)
+        needs = ctx.needs_input_grad  # a, h, w, conv, conv_weight, conv_bias, weight, bias
+        wanted = [needs[0], needs[4], needs[5]]  # from the conv's backward
+        grad_y, grad_w, grad_b = _gelu_linear_backward(
+            grad_out, y.flatten(2).transpose(1, 2), weight, ctx.bias_dtype, (any(wanted), needs[6], needs[7]))
+        del y
+        grad_a = grad_cw = grad_cb = None
+        if grad_y is not None:
+            grad_a_map, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
+                _tokens_to_map(grad_y, h, w), a_map, cw, None if conv_bias is None else [conv_bias.shape[0]],
+                stride, padding, dilation, False, [0, 0], groups, wanted)
+            if grad_a_map is not None:
+                grad_a = grad_a_map.flatten(2).transpose(1, 2).to(a.dtype)
+            if grad_cw is not None:
+                grad_cw = grad_cw.to(conv_weight.dtype)
+            if grad_cb is not None:
+                grad_cb = grad_cb.to(conv_bias.dtype)
+        return grad_a, None, None, None, grad_cw, grad_cb, grad_w, grad_b
 
 
 # Hidden activations (elements) of one band of token rows in chunked CPU inference: 16 MB in fp32, which stays in
@@ -260,8 +316,8 @@ class Mlp(nn.Module):
 
     dim / hidden_dim: channels in and out / in the middle. dwconv: v2's depthwise conv on the (hidden, h, w) map.
     relu: ReLU after fc1 (v2 ``_li``). recompute_gelu: in training, keep the GELU's input instead of its output
-    for the backward and recompute the GELU there (``_GeluLinear``): one hidden-size activation less per block,
-    same gradients. Without autograd the GELU runs in place. onednn: CPU fp32 inference runs fc1 and fc2 through
+    for the backward and recompute the GELU there (``_GeluLinear``), and in v2 keep only the depthwise conv's input
+    and recompute the conv too (``_DwConvGeluLinear``): one hidden-size activation less per block, same gradients. Without autograd the GELU runs in place. onednn: CPU fp32 inference runs fc1 and fc2 through
     ``_linear``'s oneDNN path, the GELU fused into fc1 (v1) or into the depthwise conv (v2, ``_conv_gelu``).
     chunked: CPU inference runs the FFN over bands of token rows (``_MLP_BAND_ELEMENTS`` hidden activations each;
     v2's depthwise conv gets one extra row above and below), so that the hidden activations are read back from
@@ -317,6 +373,10 @@ class Mlp(nn.Module):
         x = _linear(x, self.fc1, self.onednn)
         if self.relu:
             x = F.relu(x, inplace=True)
+        if (self.dwconv is not None and self.recompute_gelu and _records_autograd(x)
+                and not torch.jit.is_tracing()):
+            conv = self.dwconv
+            return _DwConvGeluLinear.apply(x, h, w, conv, conv.weight, conv.bias, self.fc2.weight, self.fc2.bias)
         if self.dwconv is not None:
             x = self.dwconv(_tokens_to_map(x, h, w)).flatten(2).transpose(1, 2)
         if not _records_autograd(x):
@@ -370,8 +430,10 @@ class PVT(nn.Module):
         checkpoint_activations: recompute each block's activations in the backward pass
             (``torch.utils.checkpoint``, non-reentrant) to save memory; gradients are unchanged.
         recompute_gelu: in training, each FFN keeps its GELU's input, not its output, for the backward and
-            recomputes the GELU there: one hidden-size activation less per block (pvt_small at 800x1344: 30% less
-            training memory) for one elementwise pass; gradients are unchanged.
+            recomputes the GELU there; v2's FFN keeps only its depthwise conv's input and recomputes the conv and
+            the GELU: one hidden-size activation less per block (800x1344, batch 2: pvt_small 30% less training
+            memory; pvt_v2_b2 5.55 -> 3.88 GiB, ~2-5% slower) for one elementwise pass (v2: and one depthwise
+            conv); gradients are unchanged.
         onednn_inference: on the CPU in fp32 without autograd (inference), run the linear layers as oneDNN matmuls
             that add the bias (and v1's GELU) while writing their output, and v2's depthwise conv with its GELU
             as one oneDNN call: faster, same outputs to float rounding. Ignored on other devices, under autocast,
