@@ -32,7 +32,8 @@ def add_pvt_config(cfg: CN) -> None:
     # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU (v2: keep the depthwise
     # conv's input and recompute the conv and the GELU): less memory, same gradients.
     cfg.MODEL.PVT.RECOMPUTE_GELU = True
-    # CPU fp32 inference: oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU fused: faster.
+    # CPU inference (fp32 or bf16 autocast): oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU
+    # fused: faster.
     cfg.MODEL.PVT.ONEDNN_INFERENCE = True
     # CPU inference: each FFN over bands of token rows whose hidden activations stay in the CPU cache: faster.
     cfg.MODEL.PVT.CHUNKED_MLP_INFERENCE = True

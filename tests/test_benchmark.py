@@ -266,6 +266,32 @@ def test_onednn_inference_gives_the_same_outputs(arch, monkeypatch):
         assert all(o.requires_grad for o in fast(x))
 
 
+@pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])
+def test_onednn_inference_under_bf16_autocast_runs_in_bf16_with_the_same_outputs(arch, monkeypatch):
+    if pvt_module._ONEDNN_LINEAR is None:
+        pytest.skip("this PyTorch has no oneDNN fused linear")
+    dtypes = []
+    fused = pvt_module._ONEDNN_LINEAR
+
+    def recording(x, *args):
+        dtypes.append(x.dtype)
+        return fused(x, *args)
+
+    monkeypatch.setattr(pvt_module, "_ONEDNN_LINEAR", recording)
+    torch.manual_seed(0)
+    plain, fast = (_perturbed(m).eval() for m in _switched_pair(arch, "onednn_inference"))
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        fp32 = plain(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected, got = plain(x), fast(x)
+    assert dtypes == [torch.bfloat16] * (5 * sum(plain.spec.depths))  # q, kv, proj, fc1, fc2 of every block
+    for a, b, f in zip(got, expected, fp32):
+        assert a.dtype == b.dtype
+        assert ((a.float() - b.float()).norm() / b.float().norm()).item() < 0.01  # bf16 rounding differs slightly
+        assert ((a.float() - f).norm() / f.norm()).item() < 0.02
+
+
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
 def test_chunked_mlp_inference_gives_the_same_outputs(arch, monkeypatch):
     monkeypatch.setattr(pvt_module, "_MLP_BAND_ELEMENTS", 70000)  # stage 1-2: 2-row bands, the last one shorter

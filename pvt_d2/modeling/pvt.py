@@ -144,20 +144,31 @@ _ONEDNN_LINEAR = getattr(_MKLDNN, "_linear_pointwise", None)
 _ONEDNN_CONV = getattr(_MKLDNN, "_convolution_pointwise", None)
 
 
-def _use_onednn(x: torch.Tensor, layer: nn.Module) -> bool:
-    """Whether oneDNN's fused ops may run: CPU fp32, no autograd, no autocast, not being traced or compiled."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32
-            and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
+def _onednn_dtype(x: torch.Tensor, layer: nn.Module) -> Optional[torch.dtype]:
+    """The dtype oneDNN's fused ops may run in: fp32 on the CPU, or bf16 under CPU bf16 autocast (inputs and
+    parameters cast to bf16, as autocast would); None where they may not: with autograd, in tracing or
+    ``torch.compile``, on other devices and dtypes."""
+    if (x.device.type != "cpu" or layer.weight.dtype != torch.float32 or torch.is_grad_enabled()
+            or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+        return torch.bfloat16 if bf16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
+
+
+def _params_in(layer: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    return layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear, onednn: bool, gelu: bool = False) -> torch.Tensor:
-    """``layer(x)``, then GELU if ``gelu``. With ``onednn`` on the CPU in fp32 inference: one oneDNN matmul that
-    adds the bias (and applies the exact GELU) as it writes the output, instead of copying the bias into a fresh
-    output first and running the GELU as one more pass (same values)."""
-    if onednn and _ONEDNN_LINEAR is not None and _use_onednn(x, layer):
-        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    """``layer(x)``, then GELU if ``gelu``. With ``onednn`` in CPU inference (fp32, or bf16 autocast): one oneDNN
+    matmul that adds the bias (and applies the exact GELU) as it writes the output, instead of copying the bias
+    into a fresh output first and running the GELU as one more pass (fp32: same values; bf16: one rounding less)."""
+    dtype = _onednn_dtype(x, layer) if onednn and _ONEDNN_LINEAR is not None else None
+    if dtype is not None:
+        return _ONEDNN_LINEAR(x.to(dtype), *_params_in(layer, dtype), "gelu" if gelu else "none", [],
+                              "none" if gelu else "")
     x = layer(x)
     if gelu:
         return torch.ops.aten.gelu_(x) if not _records_autograd(x) else F.gelu(x)
@@ -165,10 +176,12 @@ def _linear(x: torch.Tensor, layer: nn.Linear, onednn: bool, gelu: bool = False)
 
 
 def _conv_gelu(x: torch.Tensor, conv: nn.Conv2d, onednn: bool) -> torch.Tensor:
-    """GELU(conv(x)) without autograd; with ``onednn`` on the CPU in fp32, one oneDNN call (GELU in the epilogue)."""
-    if onednn and _ONEDNN_CONV is not None and _use_onednn(x, conv) and isinstance(conv.padding, tuple):
-        return _ONEDNN_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                            conv.groups, "gelu", [], "none")
+    """GELU(conv(x)) without autograd; with ``onednn`` in CPU inference (fp32, or bf16 autocast), one oneDNN call
+    (GELU in the epilogue)."""
+    dtype = _onednn_dtype(x, conv) if onednn and _ONEDNN_CONV is not None else None
+    if dtype is not None and isinstance(conv.padding, tuple):
+        return _ONEDNN_CONV(x.to(dtype), *_params_in(conv, dtype), list(conv.padding), list(conv.stride),
+                            list(conv.dilation), conv.groups, "gelu", [], "none")
     return torch.ops.aten.gelu_(conv(x))
 
 
@@ -178,7 +191,8 @@ class SpatialReductionAttention(nn.Module):
     dim: channels. num_heads: heads (head_dim = dim / num_heads, scale head_dim**-0.5).
     sr_ratio: keys/values from a stride-sr_ratio convolution (kernel sr_ratio) then LayerNorm; 1 = no reduction.
     linear: linear SRA instead: AdaptiveAvgPool2d(7) -> 1x1 conv -> LayerNorm -> GELU (sr_ratio is then unused).
-    onednn: CPU fp32 inference runs the q, kv and proj layers through ``_linear``'s oneDNN path (bias fused).
+    onednn: CPU inference (fp32, or bf16 autocast) runs the q, kv and proj layers through ``_linear``'s oneDNN
+    path (bias fused).
     """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1, linear: bool = False, onednn: bool = False):
@@ -317,8 +331,10 @@ class Mlp(nn.Module):
     dim / hidden_dim: channels in and out / in the middle. dwconv: v2's depthwise conv on the (hidden, h, w) map.
     relu: ReLU after fc1 (v2 ``_li``). recompute_gelu: in training, keep the GELU's input instead of its output
     for the backward and recompute the GELU there (``_GeluLinear``), and in v2 keep only the depthwise conv's input
-    and recompute the conv too (``_DwConvGeluLinear``): one hidden-size activation less per block, same gradients. Without autograd the GELU runs in place. onednn: CPU fp32 inference runs fc1 and fc2 through
-    ``_linear``'s oneDNN path, the GELU fused into fc1 (v1) or into the depthwise conv (v2, ``_conv_gelu``).
+    and recompute the conv too (``_DwConvGeluLinear``): one hidden-size activation less per block, same
+    gradients. Without autograd the GELU runs in place. onednn: CPU inference (fp32, or bf16 autocast) runs fc1
+    and fc2 through ``_linear``'s oneDNN path, the GELU fused into fc1 (v1) or into the depthwise conv (v2,
+    ``_conv_gelu``).
     chunked: CPU inference runs the FFN over bands of token rows (``_MLP_BAND_ELEMENTS`` hidden activations each;
     v2's depthwise conv gets one extra row above and below), so that the hidden activations are read back from
     the cache instead of memory: same outputs, faster.
@@ -434,10 +450,11 @@ class PVT(nn.Module):
             the GELU: one hidden-size activation less per block (800x1344, batch 2: pvt_small 30% less training
             memory; pvt_v2_b2 5.55 -> 3.88 GiB, ~2-5% slower) for one elementwise pass (v2: and one depthwise
             conv); gradients are unchanged.
-        onednn_inference: on the CPU in fp32 without autograd (inference), run the linear layers as oneDNN matmuls
-            that add the bias (and v1's GELU) while writing their output, and v2's depthwise conv with its GELU
-            as one oneDNN call: faster, same outputs to float rounding. Ignored on other devices, under autocast,
-            with autograd, in tracing and in ``torch.compile``.
+        onednn_inference: on the CPU without autograd (inference), in fp32 or under bf16 autocast, run the linear
+            layers as oneDNN matmuls that add the bias (and v1's GELU) while writing their output, and v2's
+            depthwise conv with its GELU as one oneDNN call: faster, same outputs to float rounding (bf16: one
+            rounding less per fused op). Ignored on other devices, under other autocast dtypes, with autograd,
+            in tracing and in ``torch.compile``.
         chunked_mlp_inference: on the CPU without autograd, run each FFN over bands of token rows whose hidden
             activations fit in the CPU cache (same outputs; pvt_small forward at 800x1344 ~10% faster).
         in_chans: image channels.
