@@ -273,44 +273,70 @@ def _gelu_linear_backward(grad_out: torch.Tensor, h: torch.Tensor, weight: torch
     return grad_h, grad_w, grad_b
 
 
+# Hidden activations (elements) per chunk of token rows in the v2 FFN's fp32 backward (``_DwConvGeluLinear``): 8 MB
+# temporaries, which glibc serves from its heap (see pvt_d2.cpu_allocator) instead of fresh, page-faulting pages.
+_BACKWARD_CHUNK_ELEMENTS = 1 << 21
+
+
 class _DwConvGeluLinear(torch.autograd.Function):
     """v2's FFN after fc1, ``F.linear(F.gelu(dwconv(a)), weight, bias)``, saving only a (fc1's output, which the
     conv's weight gradient needs anyway): the backward recomputes the depthwise conv and the GELU.
 
     Against ``_GeluLinear`` (which keeps the conv's output too) one hidden-size activation per block fewer, the
     largest tensors of a v2 training step, for one depthwise conv more in the backward. ``a`` is (B, h*w, C)
-    tokens; the conv runs on their (B, C, h, w) map. Under autocast the forward's ops autocast as usual and the
-    backward recomputes the conv in the dtype it ran in.
+    tokens; the conv (3x3, stride 1, padding 1) runs on their (B, C, h, w) map. In fp32 on the CPU the forward runs
+    the conv and the GELU as one oneDNN call (``_conv_gelu``), and the backward goes over chunks of token rows, so
+    that its conv, GELU and fc2 temporaries stay small (``_BACKWARD_CHUNK_ELEMENTS``). Under autocast the forward's
+    ops autocast as usual and the backward runs in one chunk, in the dtype the conv ran in.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, h: int, w: int, conv: nn.Conv2d, conv_weight: torch.Tensor,
                 conv_bias: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        y = conv(_tokens_to_map(a, h, w)).flatten(2).transpose(1, 2)
+        fuse = not torch.is_autocast_enabled(a.device.type)  # under autocast: its conv, then the GELU, as usual
+        g = _conv_gelu(_tokens_to_map(a, h, w), conv, onednn=fuse).flatten(2).transpose(1, 2)
         ctx.save_for_backward(a, conv_weight, conv_bias, weight)
-        ctx.geometry = (h, w, conv.stride, conv.padding, conv.dilation, conv.groups)
-        ctx.conv_dtype = y.dtype
+        ctx.geometry = (h, w, conv.groups)
+        ctx.conv_dtype = g.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(F.gelu(y), weight, bias)
+        return F.linear(g, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         a, conv_weight, conv_bias, weight = ctx.saved_tensors
-        h, w, stride, padding, dilation, groups = ctx.geometry
+        h, w, groups = ctx.geometry
         dt = ctx.conv_dtype
-        a_map = _tokens_to_map(a, h, w).to(dt)
-        cw = conv_weight.to(dt)
-        y = F.conv2d(a_map, cw, None if conv_bias is None else conv_bias.to(dt), stride, padding, dilation, groups)
         needs = ctx.needs_input_grad  # a, h, w, conv, conv_weight, conv_bias, weight, bias
         wanted = [needs[0], needs[4], needs[5]]  # from the conv's backward
-        grad_y, grad_w, grad_b = _gelu_linear_backward(
-            grad_out, y.flatten(2).transpose(1, 2), weight, ctx.bias_dtype, (any(wanted), needs[6], needs[7]))
-        del y
+        a_map = _tokens_to_map(a, h, w).to(dt)
+        cw, cb = conv_weight.to(dt), None if conv_bias is None else conv_bias.to(dt)
+        fc2_weight = weight.to(dt)
+        grad_out = grad_out.to(dt)
+        b, n, hidden = a.shape
+        grad_y = a.new_empty((b, n, hidden), dtype=dt) if any(wanted) else None
+        grad_w = None
+        chunked = dt == torch.float32 and a.device.type == "cpu"
+        rows = max(1, _BACKWARD_CHUNK_ELEMENTS // (b * w * hidden)) if chunked else h
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            lo, hi = max(0, top - 1), min(h, bottom + 1)  # the 3x3 conv reads one row above and below
+            y = F.conv2d(a_map[:, :, lo:hi], cw, cb, 1, 1, 1, groups)[:, :, top - lo:bottom - lo]
+            y = y.flatten(2).transpose(1, 2)
+            chunk_grad = grad_out[:, top * w:bottom * w]
+            if needs[6]:
+                part = chunk_grad.reshape(-1, chunk_grad.shape[-1]).t().mm(F.gelu(y).reshape(-1, hidden))
+                grad_w = part if grad_w is None else grad_w.add_(part)
+            if grad_y is not None:
+                grad_g = chunk_grad.matmul(fc2_weight)
+                grad_y[:, top * w:bottom * w] = torch.ops.aten.gelu_backward.grad_input(grad_g, y, grad_input=grad_g)
+            del y
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype) if needs[7] else None
         grad_a = grad_cw = grad_cb = None
         if grad_y is not None:
             grad_a_map, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
                 _tokens_to_map(grad_y, h, w), a_map, cw, None if conv_bias is None else [conv_bias.shape[0]],
-                stride, padding, dilation, False, [0, 0], groups, wanted)
+                [1, 1], [1, 1], [1, 1], False, [0, 0], groups, wanted)
             if grad_a_map is not None:
                 grad_a = grad_a_map.flatten(2).transpose(1, 2).to(a.dtype)
             if grad_cw is not None:
