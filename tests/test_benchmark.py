@@ -201,7 +201,7 @@ def test_isolated_run_measures_in_a_fresh_process():
 # (v2: the depthwise conv's output not kept either; 0.76 and 0.81 when only the GELU's output was dropped)
 @pytest.mark.parametrize("arch,most", [("pvt_tiny", 0.75), ("pvt_v2_b0", 0.6), ("tiny_li", 0.7)])
 def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch, most, monkeypatch):
-    monkeypatch.setattr(pvt_module, "_BACKWARD_CHUNK_ELEMENTS", 40000)  # v2 backward: 3-row chunks, last one shorter
+    monkeypatch.setattr(pvt_module, "_TRAIN_CHUNK_ELEMENTS", 40000)  # several chunks per stage, the last one shorter
     torch.manual_seed(0)
     plain, lean = _switched_pair(arch, "recompute_gelu", drop_path_rate=0.2)
     x = torch.randn(2, 3, 64, 96)

@@ -232,10 +232,42 @@ class SpatialReductionAttention(nn.Module):
         return _linear(out.transpose(1, 2).reshape(B, N, C), self.proj, self.onednn)
 
 
+# Hidden activations (elements) per chunk of token rows in the fp32 CPU FFN training passes (``_GeluLinear``,
+# ``_DwConvGeluLinear``): 8 MB temporaries, which glibc serves from its heap (pvt_d2.cpu_allocator) and the cache
+# holds, where whole hidden-size temporaries (hundreds of MB at detection resolution) page-fault on every use.
+_TRAIN_CHUNK_ELEMENTS = 1 << 21
+
+
+def _chunk_rows(x: torch.Tensor, rows: int, row_elements: int) -> int:
+    """Rows per chunk for the FFN training passes: all of them unless x is fp32 on the CPU."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return rows
+    return max(1, _TRAIN_CHUNK_ELEMENTS // max(1, row_elements))
+
+
+def _gelu_linear_backward_chunks(chunks, weight: torch.Tensor, grad_h: Optional[torch.Tensor],
+                                 want_weight: bool) -> Optional[torch.Tensor]:
+    """Backward of ``F.linear(F.gelu(h), weight)`` over chunks of rows: writes the gradient w.r.t. h into
+    ``grad_h[index]`` (if grad_h is given) and returns the weight gradient (if ``want_weight``), both in h's dtype.
+
+    chunks: (index into grad_h, h rows, gradient of the output rows) triples covering all rows. GELU(h) is
+    recomputed per chunk; the GELU backward writes straight into grad_h.
+    """
+    grad_w = None
+    for index, h, grad_out in chunks:
+        if want_weight:
+            part = grad_out.reshape(-1, grad_out.shape[-1]).t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+            grad_w = part if grad_w is None else grad_w.add_(part)
+        if grad_h is not None:
+            torch.ops.aten.gelu_backward.grad_input(grad_out.matmul(weight), h, grad_input=grad_h[index])
+    return grad_w
+
+
 class _GeluLinear(torch.autograd.Function):
     """``F.linear(F.gelu(h), weight, bias)`` that saves h, not GELU(h): the backward recomputes the GELU.
 
-    One hidden-size activation per FFN fewer in memory for one elementwise pass more in the backward. Under
+    One hidden-size activation per FFN fewer in memory for one elementwise pass more in the backward. In fp32 on the
+    CPU both passes go over chunks of token rows (``_TRAIN_CHUNK_ELEMENTS``), so GELU(h) never exists whole. Under
     autocast the forward's ops autocast as usual; the backward then runs in h's dtype and returns the weight and
     bias gradients in theirs, as autocast's own casts would.
     """
@@ -244,38 +276,29 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(F.gelu(h), weight, bias)
+        flat = h.reshape(-1, h.shape[-1])
+        rows = _chunk_rows(h, flat.shape[0], flat.shape[1])
+        if rows >= flat.shape[0] or torch.is_autocast_enabled(h.device.type):
+            return F.linear(F.gelu(h), weight, bias)
+        out = h.new_empty((flat.shape[0], weight.shape[0]))
+        for top in range(0, flat.shape[0], rows):
+            out[top:top + rows] = F.linear(F.gelu(flat[top:top + rows]), weight, bias)
+        return out.view(*h.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         h, weight = ctx.saved_tensors
-        return _gelu_linear_backward(grad_out, h, weight, ctx.bias_dtype, ctx.needs_input_grad)
-
-
-def _gelu_linear_backward(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
-                          bias_dtype: Optional[torch.dtype], needs: Sequence[bool]):
-    """Gradients (h, weight, bias) of ``F.linear(F.gelu(h), weight, bias)``, computed in h's dtype; the weight and
-    bias gradients are returned in the parameters' dtypes. ``needs``: which of the three are wanted.
-
-    At most one hidden-size temporary is alive at a time: GELU(h) is freed before grad_a is made, and the GELU
-    backward writes into grad_a.
-    """
-    grad_out = grad_out.to(h.dtype)
-    flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-    grad_h = grad_w = grad_b = None
-    if needs[1]:
-        grad_w = flat_grad.t().mm(F.gelu(h).reshape(-1, h.shape[-1])).to(weight.dtype)
-    if needs[2]:
-        grad_b = flat_grad.sum(0).to(bias_dtype)
-    if needs[0]:
-        grad_a = grad_out.matmul(weight.to(h.dtype))
-        grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
-    return grad_h, grad_w, grad_b
-
-
-# Hidden activations (elements) per chunk of token rows in the v2 FFN's fp32 backward (``_DwConvGeluLinear``): 8 MB
-# temporaries, which glibc serves from its heap (see pvt_d2.cpu_allocator) instead of fresh, page-faulting pages.
-_BACKWARD_CHUNK_ELEMENTS = 1 << 21
+        needs = ctx.needs_input_grad
+        flat_h = h.reshape(-1, h.shape[-1])
+        flat_grad = grad_out.to(h.dtype).reshape(-1, grad_out.shape[-1])
+        grad_h = torch.empty_like(flat_h) if needs[0] else None
+        rows = _chunk_rows(h, flat_h.shape[0], flat_h.shape[1])
+        chunks = ((slice(top, top + rows), flat_h[top:top + rows], flat_grad[top:top + rows])
+                  for top in range(0, flat_h.shape[0], rows))
+        grad_w = _gelu_linear_backward_chunks(chunks, weight.to(h.dtype), grad_h, needs[1])
+        grad_b = flat_grad.sum(0).to(ctx.bias_dtype) if needs[2] else None
+        return (None if grad_h is None else grad_h.view_as(h),
+                None if grad_w is None else grad_w.to(weight.dtype), grad_b)
 
 
 class _DwConvGeluLinear(torch.autograd.Function):
@@ -286,7 +309,7 @@ class _DwConvGeluLinear(torch.autograd.Function):
     largest tensors of a v2 training step, for one depthwise conv more in the backward. ``a`` is (B, h*w, C)
     tokens; the conv (3x3, stride 1, padding 1) runs on their (B, C, h, w) map. In fp32 on the CPU the forward runs
     the conv and the GELU as one oneDNN call (``_conv_gelu``), and the backward goes over chunks of token rows, so
-    that its conv, GELU and fc2 temporaries stay small (``_BACKWARD_CHUNK_ELEMENTS``). Under autocast the forward's
+    that its conv, GELU and fc2 temporaries stay small (``_TRAIN_CHUNK_ELEMENTS``). Under autocast the forward's
     ops autocast as usual and the backward runs in one chunk, in the dtype the conv ran in.
     """
 
@@ -310,26 +333,20 @@ class _DwConvGeluLinear(torch.autograd.Function):
         wanted = [needs[0], needs[4], needs[5]]  # from the conv's backward
         a_map = _tokens_to_map(a, h, w).to(dt)
         cw, cb = conv_weight.to(dt), None if conv_bias is None else conv_bias.to(dt)
-        fc2_weight = weight.to(dt)
         grad_out = grad_out.to(dt)
         b, n, hidden = a.shape
         grad_y = a.new_empty((b, n, hidden), dtype=dt) if any(wanted) else None
-        grad_w = None
-        chunked = dt == torch.float32 and a.device.type == "cpu"
-        rows = max(1, _BACKWARD_CHUNK_ELEMENTS // (b * w * hidden)) if chunked else h
-        for top in range(0, h, rows):
-            bottom = min(h, top + rows)
-            lo, hi = max(0, top - 1), min(h, bottom + 1)  # the 3x3 conv reads one row above and below
-            y = F.conv2d(a_map[:, :, lo:hi], cw, cb, 1, 1, 1, groups)[:, :, top - lo:bottom - lo]
-            y = y.flatten(2).transpose(1, 2)
-            chunk_grad = grad_out[:, top * w:bottom * w]
-            if needs[6]:
-                part = chunk_grad.reshape(-1, chunk_grad.shape[-1]).t().mm(F.gelu(y).reshape(-1, hidden))
-                grad_w = part if grad_w is None else grad_w.add_(part)
-            if grad_y is not None:
-                grad_g = chunk_grad.matmul(fc2_weight)
-                grad_y[:, top * w:bottom * w] = torch.ops.aten.gelu_backward.grad_input(grad_g, y, grad_input=grad_g)
-            del y
+        rows = _chunk_rows(a_map, h, b * w * hidden)
+
+        def chunks():  # the conv recomputed per chunk of image rows, with one row of halo above and below
+            for top in range(0, h, rows):
+                bottom = min(h, top + rows)
+                lo, hi = max(0, top - 1), min(h, bottom + 1)
+                y = F.conv2d(a_map[:, :, lo:hi], cw, cb, 1, 1, 1, groups)[:, :, top - lo:bottom - lo]
+                index = (slice(None), slice(top * w, bottom * w))
+                yield index, y.flatten(2).transpose(1, 2), grad_out[index]
+
+        grad_w = _gelu_linear_backward_chunks(chunks(), weight.to(dt), grad_y, needs[6])
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)
         grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype) if needs[7] else None
         grad_a = grad_cw = grad_cb = None
