@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -245,6 +245,14 @@ def _chunk_rows(x: torch.Tensor, rows: int, row_elements: int) -> int:
     return max(1, _TRAIN_CHUNK_ELEMENTS // max(1, row_elements))
 
 
+def _row_bands(h: int, rows: int, halo: int) -> Iterator[Tuple[int, int, int, int]]:
+    """Bands of ``rows`` grid rows covering 0..h: (top, bottom, lo, hi), where lo..hi adds up to ``halo`` rows on
+    each side (what a (2 * halo + 1)-tall convolution reads to produce rows top..bottom)."""
+    for top in range(0, h, rows):
+        bottom = min(h, top + rows)
+        yield top, bottom, max(0, top - halo), min(h, bottom + halo)
+
+
 def _gelu_linear_backward_chunks(chunks, weight: torch.Tensor, grad_h: Optional[torch.Tensor],
                                  want_weight: bool) -> Optional[torch.Tensor]:
     """Backward of ``F.linear(F.gelu(h), weight)`` over chunks of rows: writes the gradient w.r.t. h into
@@ -308,7 +316,7 @@ class _DwConvGeluLinear(torch.autograd.Function):
     Against ``_GeluLinear`` (which keeps the conv's output too) one hidden-size activation per block fewer, the
     largest tensors of a v2 training step, for one depthwise conv more in the backward. ``a`` is (B, h*w, C)
     tokens; the conv (3x3, stride 1, padding 1) runs on their (B, C, h, w) map. In fp32 on the CPU the forward runs
-    the conv and the GELU as one oneDNN call (``_conv_gelu``), and the backward goes over chunks of token rows, so
+    the conv and the GELU as one oneDNN call (``_conv_gelu``), and the backward goes over chunks of image rows, so
     that its conv, GELU and fc2 temporaries stay small (``_TRAIN_CHUNK_ELEMENTS``). Under autocast the forward's
     ops autocast as usual and the backward runs in one chunk, in the dtype the conv ran in.
     """
@@ -316,12 +324,12 @@ class _DwConvGeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, h: int, w: int, conv: nn.Conv2d, conv_weight: torch.Tensor,
                 conv_bias: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        fuse = not torch.is_autocast_enabled(a.device.type)  # under autocast: its conv, then the GELU, as usual
-        g = _conv_gelu(_tokens_to_map(a, h, w), conv, onednn=fuse).flatten(2).transpose(1, 2)
         ctx.save_for_backward(a, conv_weight, conv_bias, weight)
         ctx.geometry = (h, w, conv.groups)
-        ctx.conv_dtype = g.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
+        fuse = not torch.is_autocast_enabled(a.device.type)  # under autocast: its conv, then the GELU, as usual
+        g = _conv_gelu(_tokens_to_map(a, h, w), conv, onednn=fuse).flatten(2).transpose(1, 2)
+        ctx.conv_dtype = g.dtype
         return F.linear(g, weight, bias)
 
     @staticmethod
@@ -339,9 +347,7 @@ class _DwConvGeluLinear(torch.autograd.Function):
         rows = _chunk_rows(a_map, h, b * w * hidden)
 
         def chunks():  # the conv recomputed per chunk of image rows, with one row of halo above and below
-            for top in range(0, h, rows):
-                bottom = min(h, top + rows)
-                lo, hi = max(0, top - 1), min(h, bottom + 1)
+            for top, bottom, lo, hi in _row_bands(h, rows, 1):
                 y = F.conv2d(a_map[:, :, lo:hi], cw, cb, 1, 1, 1, groups)[:, :, top - lo:bottom - lo]
                 index = (slice(None), slice(top * w, bottom * w))
                 yield index, y.flatten(2).transpose(1, 2), grad_out[index]
@@ -419,9 +425,7 @@ class Mlp(nn.Module):
             return self._infer_rows(x, h, w, 0, h)
         halo = 1 if self.dwconv is not None else 0  # the 3x3 conv reads one row above and below
         out = x.new_empty((b, n, self.fc2.out_features))
-        for top in range(0, h, band):
-            bottom = min(h, top + band)
-            lo, hi = max(0, top - halo), min(h, bottom + halo)
+        for top, bottom, lo, hi in _row_bands(h, band, halo):
             band_x = x[:, lo * w:hi * w].contiguous()
             out[:, top * w:bottom * w] = self._infer_rows(band_x, hi - lo, w, top - lo, bottom - top)
         return out
