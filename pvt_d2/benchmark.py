@@ -1,5 +1,5 @@
 """Speed and memory of PVT models: ``python -m pvt_d2.benchmark --config-file CFG [--task TASK ...] [--size H W]
-[--batch B] [--iters N] [--warmup N] [--reference] [--dtype fp32|bf16|fp16] [KEY VALUE ...]``.
+[--batch B] [--iters N] [--warmup N] [--reference [--rounds R]] [--dtype fp32|bf16|fp16] [KEY VALUE ...]``.
 
 Tasks (several may be given):
 
@@ -32,7 +32,10 @@ formulation of the authors' detection code for v1 and v2 alike (explicit softmax
 embeddings resized on every forward, contiguous stage outputs), and ``auto`` (the default) is timm where it applies,
 else unfused. timm's attention is fused (``F.scaled_dot_product_attention``), the authors' is not, so for v2 the
 two references differ in speed and memory, not in outputs. In the ``inference`` and ``train-full`` tasks the
-reference replaces the PVT inside the whole model.
+reference replaces the PVT inside the whole model. ``--rounds R`` measures ours and the reference alternately R
+times (each round a fresh process with its own warm-up) and pools each side's timed iterations: on a host whose
+speed drifts (a shared cloud machine: up to ~20% within an hour here) both sides then see the same drift, where
+one round each can put ours in a slow phase and the reference in a fast one.
 """
 from __future__ import annotations
 
@@ -668,17 +671,38 @@ def _run_isolated(job: BenchmarkJob) -> BenchmarkResult:
     return payload
 
 
-def run_benchmark(job: BenchmarkJob, isolate: bool = True) -> List[BenchmarkResult]:
+def _pool_rounds(rounds: List[BenchmarkResult]) -> BenchmarkResult:
+    """One result from the rounds of one measurement: every timed iteration, the largest peak memory, and the GEMM
+    peak of the round with the fastest iteration (so that the share of the peak compares one state of the host)."""
+    fastest = min(rounds, key=lambda r: r.best)
+    memory = [r.peak_memory for r in rounds]
+    return dataclasses.replace(
+        fastest, times=[t for r in rounds for t in r.times], cpu_times=[t for r in rounds for t in r.cpu_times],
+        peak_memory=None if None in memory else max(memory), load_average=rounds[-1].load_average,
+        notes=list(dict.fromkeys(n for r in rounds for n in r.notes)) + ([f"{len(rounds)} rounds pooled"]
+                                                                          if len(rounds) > 1 else []))
+
+
+def run_benchmark(job: BenchmarkJob, isolate: bool = True, rounds: int = 1) -> List[BenchmarkResult]:
     """Measure ``job`` (ours), then its reference if ``job.reference``; each in a fresh process if ``isolate``.
 
-    The reference's FLOPs are ours (the same math), so its GFLOP/s compare directly.
+    rounds: with a reference, measure ours and the reference alternately this many times and pool each side's
+    iterations (``_pool_rounds``). The reference's FLOPs are ours (the same math), so its GFLOP/s compare directly.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     run = _run_isolated if isolate else run_job
-    ours = run(dataclasses.replace(job, reference=False))
-    results = [ours]
-    if job.reference:
-        ref = run(job)
-        ref.flops = ours.flops
+    ours, refs = [], []
+    for i in range(rounds if job.reference else 1):
+        if rounds > 1 and job.reference:
+            print(f"[benchmark] {job.task}: round {i + 1}/{rounds} (ours, then the reference)", flush=True)
+        ours.append(run(dataclasses.replace(job, reference=False)))
+        if job.reference:
+            refs.append(run(job))
+    results = [_pool_rounds(ours)]
+    if refs:
+        ref = _pool_rounds(refs)
+        ref.flops = results[0].flops
         results.append(ref)
     return results
 
@@ -733,6 +757,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--reference", action="store_true",
                         help="also measure a plain eager formulation on the same weights (see --reference-kind)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --reference: alternate ours and the reference this many times, each a fresh "
+                             "process, and pool their iterations (robust to a host whose speed drifts)")
     parser.add_argument("--reference-kind", choices=REFERENCE_KINDS, default="auto",
                         help="the reference: timm's pvt_v2, the authors' unfused formulation, or auto (timm where "
                              "it applies, else unfused)")
@@ -756,8 +783,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     misplaced = [o for o in args.opts if o.startswith("--")]
     if misplaced:
         parser.error(f"options go before the KEY VALUE overrides; found {misplaced} after them")
-    if args.iters < 1 or args.warmup < 0:
-        parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.iters < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--iters and --rounds must be >= 1 and --warmup >= 0")
 
     from detectron2.utils.logger import setup_logger
 
@@ -770,7 +797,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            reference_kind=args.reference_kind, size=tuple(args.size) if args.size else None,
                            batch=args.batch, iters=args.iters, warmup=args.warmup, dtype=args.dtype,
                            threads=args.threads, flops=not args.no_flops)
-        found = run_benchmark(job, isolate=not args.no_isolate)
+        found = run_benchmark(job, isolate=not args.no_isolate, rounds=args.rounds)
         for r in found:
             print(format_result(r), flush=True)
         line = f"{task} {found[0].median:.4f} s"

@@ -170,6 +170,22 @@ def test_overrides_right_after_the_tasks_are_overrides_not_tasks(capsys):
     assert "--task: 'MODEL.DEVICE' is not a task" in capsys.readouterr().err
 
 
+def test_rounds_alternate_ours_and_the_reference_and_pool_their_iterations(capsys):
+    job = BenchmarkJob(config_file=V2_CFG, opts=["MODEL.DEVICE", "cpu"], task="backbone", reference=True,
+                       reference_kind="unfused", **TINY)
+    ours, ref = run_benchmark(job, isolate=False, rounds=2)
+    assert len(ours.times) == len(ref.times) == 2 * job.iters
+    assert ours.variant == "ours" and "unfused" in ref.variant
+    assert "2 rounds pooled" in ours.notes and "2 rounds pooled" in ref.notes
+    assert ref.flops == ours.flops
+    out = capsys.readouterr().out
+    assert "round 1/2" in out and "round 2/2" in out
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run_benchmark(job, isolate=False, rounds=0)
+    with pytest.raises(SystemExit):
+        main(["--config-file", V2_CFG, "--rounds", "0"])
+
+
 def test_options_after_the_overrides_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--config-file", V1_CFG, "MODEL.DEVICE", "cpu", "--iters", "1"])
