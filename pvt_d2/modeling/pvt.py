@@ -495,8 +495,8 @@ class PVT(nn.Module):
         recompute_gelu: in training, each FFN keeps its GELU's input, not its output, for the backward and
             recomputes the GELU there; v2's FFN keeps only its depthwise conv's input and recomputes the conv and
             the GELU: one hidden-size activation less per block (800x1344, batch 2: pvt_small 30% less training
-            memory; pvt_v2_b2 5.55 -> 3.88 GiB, ~2-5% slower) for one elementwise pass (v2: and one depthwise
-            conv); gradients are unchanged.
+            memory; pvt_v2_b2 5.55 -> 3.88 GiB) for one elementwise pass (v2: and one depthwise conv), at no
+            measurable cost in time; gradients are unchanged.
         onednn_inference: on the CPU without autograd (inference), in fp32 or under bf16 autocast, run the linear
             layers as oneDNN matmuls that add the bias (and v1's GELU) while writing their output, and v2's
             depthwise conv with its GELU as one oneDNN call: faster, same outputs to float rounding (bf16: one
