@@ -238,11 +238,16 @@ class SpatialReductionAttention(nn.Module):
 _TRAIN_CHUNK_ELEMENTS = 1 << 21
 
 
+def _rows_within(elements: int, row_elements: int) -> int:
+    """How many rows of ``row_elements`` elements fit in ``elements`` (at least one)."""
+    return max(1, elements // max(1, row_elements))
+
+
 def _chunk_rows(x: torch.Tensor, rows: int, row_elements: int) -> int:
     """Rows per chunk for the FFN training passes: all of them unless x is fp32 on the CPU."""
     if x.dtype != torch.float32 or x.device.type != "cpu":
         return rows
-    return max(1, _TRAIN_CHUNK_ELEMENTS // max(1, row_elements))
+    return _rows_within(_TRAIN_CHUNK_ELEMENTS, row_elements)
 
 
 def _row_bands(h: int, rows: int, halo: int) -> Iterator[Tuple[int, int, int, int]]:
@@ -289,8 +294,8 @@ class _GeluLinear(torch.autograd.Function):
         if rows >= flat.shape[0] or torch.is_autocast_enabled(h.device.type):
             return F.linear(F.gelu(h), weight, bias)
         out = h.new_empty((flat.shape[0], weight.shape[0]))
-        for top in range(0, flat.shape[0], rows):
-            out[top:top + rows] = F.linear(F.gelu(flat[top:top + rows]), weight, bias)
+        for top, bottom, _, _ in _row_bands(flat.shape[0], rows, 0):
+            out[top:bottom] = F.linear(F.gelu(flat[top:bottom]), weight, bias)
         return out.view(*h.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -301,8 +306,8 @@ class _GeluLinear(torch.autograd.Function):
         flat_grad = grad_out.to(h.dtype).reshape(-1, grad_out.shape[-1])
         grad_h = torch.empty_like(flat_h) if needs[0] else None
         rows = _chunk_rows(h, flat_h.shape[0], flat_h.shape[1])
-        chunks = ((slice(top, top + rows), flat_h[top:top + rows], flat_grad[top:top + rows])
-                  for top in range(0, flat_h.shape[0], rows))
+        chunks = ((slice(top, bottom), flat_h[top:bottom], flat_grad[top:bottom])
+                  for top, bottom, _, _ in _row_bands(flat_h.shape[0], rows, 0))
         grad_w = _gelu_linear_backward_chunks(chunks, weight.to(h.dtype), grad_h, needs[1])
         grad_b = flat_grad.sum(0).to(ctx.bias_dtype) if needs[2] else None
         return (None if grad_h is None else grad_h.view_as(h),
@@ -420,7 +425,7 @@ class Mlp(nn.Module):
 
     def _infer(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, _ = x.shape
-        band = max(1, _MLP_BAND_ELEMENTS // max(1, b * w * self.fc1.out_features))
+        band = _rows_within(_MLP_BAND_ELEMENTS, b * w * self.fc1.out_features)
         if not self.chunked or x.device.type != "cpu" or band >= h or n != h * w or torch.jit.is_tracing():
             return self._infer_rows(x, h, w, 0, h)
         halo = 1 if self.dwconv is not None else 0  # the 3x3 conv reads one row above and below
