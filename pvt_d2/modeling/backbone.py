@@ -49,13 +49,13 @@ class PVTBackbone(PVT, Backbone):
             v1 position embedding, blocks, v2 stage norm: requires_grad=False) and keeps them in eval mode
             (no stochastic depth), whatever ``train()`` is called with.
         drop_path_rate, checkpoint_activations, recompute_gelu, onednn_inference, chunked_mlp_inference,
-            in_chans, pretrain_img_size, **spec: see ``PVT``.
+            chunked_mlp_training, in_chans, pretrain_img_size, **spec: see ``PVT``.
     """
 
     def __init__(self, arch: Optional[str] = "pvt_v2_b0", out_features: Sequence[str] = STAGE_NAMES, *,
                  frozen_stages: int = 0, drop_path_rate: float = 0.0, checkpoint_activations: bool = False,
                  recompute_gelu: bool = True, onednn_inference: bool = True, chunked_mlp_inference: bool = True,
-                 in_chans: int = 3, pretrain_img_size: int = 224, **spec):
+                 chunked_mlp_training: bool = True, in_chans: int = 3, pretrain_img_size: int = 224, **spec):
         _check_features(list(out_features), "out_features")
         if not isinstance(frozen_stages, int) or not 0 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be an int in 0..4, got {frozen_stages!r}")
@@ -64,7 +64,7 @@ class PVTBackbone(PVT, Backbone):
                          out_indices=[STAGE_NAMES.index(n) for n in out_features],
                          checkpoint_activations=checkpoint_activations, recompute_gelu=recompute_gelu,
                          onednn_inference=onednn_inference, chunked_mlp_inference=chunked_mlp_inference,
-                         in_chans=in_chans,
+                         chunked_mlp_training=chunked_mlp_training, in_chans=in_chans,
                          pretrain_img_size=pretrain_img_size, **spec)
         self._out_features = list(out_features)
         self._out_feature_strides = {n: _STRIDES[STAGE_NAMES.index(n)] for n in out_features}
@@ -107,6 +107,7 @@ def _pvt_from_cfg(cfg, input_shape: ShapeSpec, out_features: Sequence[str]) -> P
         recompute_gelu=pvt.RECOMPUTE_GELU,
         onednn_inference=pvt.ONEDNN_INFERENCE,
         chunked_mlp_inference=pvt.CHUNKED_MLP_INFERENCE,
+        chunked_mlp_training=pvt.CHUNKED_MLP_TRAINING,
         in_chans=input_shape.channels,
     )
 

@@ -232,22 +232,9 @@ class SpatialReductionAttention(nn.Module):
         return _linear(out.transpose(1, 2).reshape(B, N, C), self.proj, self.onednn)
 
 
-# Hidden activations (elements) per chunk of token rows in the fp32 CPU FFN training passes (``_GeluLinear``,
-# ``_DwConvGeluLinear``): 8 MB temporaries, which glibc serves from its heap (pvt_d2.cpu_allocator) and the cache
-# holds, where whole hidden-size temporaries (hundreds of MB at detection resolution) page-fault on every use.
-_TRAIN_CHUNK_ELEMENTS = 1 << 21
-
-
 def _rows_within(elements: int, row_elements: int) -> int:
     """How many rows of ``row_elements`` elements fit in ``elements`` (at least one)."""
     return max(1, elements // max(1, row_elements))
-
-
-def _chunk_rows(x: torch.Tensor, rows: int, row_elements: int) -> int:
-    """Rows per chunk for the FFN training passes: all of them unless x is fp32 on the CPU."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        return rows
-    return _rows_within(_TRAIN_CHUNK_ELEMENTS, row_elements)
 
 
 def _row_bands(h: int, rows: int, halo: int) -> Iterator[Tuple[int, int, int, int]]:
@@ -258,45 +245,19 @@ def _row_bands(h: int, rows: int, halo: int) -> Iterator[Tuple[int, int, int, in
         yield top, bottom, max(0, top - halo), min(h, bottom + halo)
 
 
-def _gelu_linear_backward_chunks(chunks, weight: torch.Tensor, grad_h: Optional[torch.Tensor],
-                                 want_weight: bool) -> Optional[torch.Tensor]:
-    """Backward of ``F.linear(F.gelu(h), weight)`` over chunks of rows: writes the gradient w.r.t. h into
-    ``grad_h[index]`` (if grad_h is given) and returns the weight gradient (if ``want_weight``), both in h's dtype.
-
-    chunks: (index into grad_h, h rows, gradient of the output rows) triples covering all rows. GELU(h) is
-    recomputed per chunk; the GELU backward writes straight into grad_h.
-    """
-    grad_w = None
-    for index, h, grad_out in chunks:
-        if want_weight:
-            part = grad_out.reshape(-1, grad_out.shape[-1]).t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
-            grad_w = part if grad_w is None else grad_w.add_(part)
-        if grad_h is not None:
-            torch.ops.aten.gelu_backward.grad_input(grad_out.matmul(weight), h, grad_input=grad_h[index])
-    return grad_w
-
-
 class _GeluLinear(torch.autograd.Function):
     """``F.linear(F.gelu(h), weight, bias)`` that saves h, not GELU(h): the backward recomputes the GELU.
 
-    One hidden-size activation per FFN fewer in memory for one elementwise pass more in the backward. In fp32 on the
-    CPU both passes go over chunks of token rows (``_TRAIN_CHUNK_ELEMENTS``), so GELU(h) never exists whole. Under
-    autocast the forward's ops autocast as usual; the backward then runs in h's dtype and returns the weight and
-    bias gradients in theirs, as autocast's own casts would.
+    One hidden-size activation per FFN fewer in memory for one elementwise pass more in the backward. Under autocast
+    the forward's ops autocast as usual; the backward then runs in h's dtype and returns the weight and bias
+    gradients in theirs, as autocast's own casts would.
     """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        flat = h.reshape(-1, h.shape[-1])
-        rows = _chunk_rows(h, flat.shape[0], flat.shape[1])
-        if rows >= flat.shape[0] or torch.is_autocast_enabled(h.device.type):
-            return F.linear(F.gelu(h), weight, bias)
-        out = h.new_empty((flat.shape[0], weight.shape[0]))
-        for top, bottom, _, _ in _row_bands(flat.shape[0], rows, 0):
-            out[top:bottom] = F.linear(F.gelu(flat[top:bottom]), weight, bias)
-        return out.view(*h.shape[:-1], weight.shape[0])
+        return F.linear(F.gelu(h), weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -304,26 +265,24 @@ class _GeluLinear(torch.autograd.Function):
         needs = ctx.needs_input_grad
         flat_h = h.reshape(-1, h.shape[-1])
         flat_grad = grad_out.to(h.dtype).reshape(-1, grad_out.shape[-1])
-        grad_h = torch.empty_like(flat_h) if needs[0] else None
-        rows = _chunk_rows(h, flat_h.shape[0], flat_h.shape[1])
-        chunks = ((slice(top, bottom), flat_h[top:bottom], flat_grad[top:bottom])
-                  for top, bottom, _, _ in _row_bands(flat_h.shape[0], rows, 0))
-        grad_w = _gelu_linear_backward_chunks(chunks, weight.to(h.dtype), grad_h, needs[1])
-        grad_b = flat_grad.sum(0).to(ctx.bias_dtype) if needs[2] else None
-        return (None if grad_h is None else grad_h.view_as(h),
-                None if grad_w is None else grad_w.to(weight.dtype), grad_b)
+        grad_h = grad_w = grad_b = None
+        if needs[0]:
+            grad_h = torch.ops.aten.gelu_backward(flat_grad.mm(weight.to(h.dtype)), flat_h).view_as(h)
+        if needs[1]:
+            grad_w = flat_grad.t().mm(F.gelu(flat_h)).to(weight.dtype)
+        if needs[2]:
+            grad_b = flat_grad.sum(0).to(ctx.bias_dtype)
+        return grad_h, grad_w, grad_b
 
 
 class _DwConvGeluLinear(torch.autograd.Function):
     """v2's FFN after fc1, ``F.linear(F.gelu(dwconv(a)), weight, bias)``, saving only a (fc1's output, which the
     conv's weight gradient needs anyway): the backward recomputes the depthwise conv and the GELU.
 
-    Against ``_GeluLinear`` (which keeps the conv's output too) one hidden-size activation per block fewer, the
-    largest tensors of a v2 training step, for one depthwise conv more in the backward. ``a`` is (B, h*w, C)
-    tokens; the conv (3x3, stride 1, padding 1) runs on their (B, C, h, w) map. In fp32 on the CPU the forward runs
-    the conv and the GELU as one oneDNN call (``_conv_gelu``), and the backward goes over chunks of image rows, so
-    that its conv, GELU and fc2 temporaries stay small (``_TRAIN_CHUNK_ELEMENTS``). Under autocast the forward's
-    ops autocast as usual and the backward runs in one chunk, in the dtype the conv ran in.
+    Against ``_GeluLinear`` (which keeps the conv's output too) one hidden-size activation per block fewer, for one
+    depthwise conv more in the backward. ``a`` is (B, h*w, C) tokens; the conv (3x3, stride 1, padding 1) runs on
+    their (B, C, h, w) map. Under autocast the forward's ops autocast as usual and the backward runs in the dtype
+    the conv ran in.
     """
 
     @staticmethod
@@ -332,8 +291,7 @@ class _DwConvGeluLinear(torch.autograd.Function):
         ctx.save_for_backward(a, conv_weight, conv_bias, weight)
         ctx.geometry = (h, w, conv.groups)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        fuse = not torch.is_autocast_enabled(a.device.type)  # under autocast: its conv, then the GELU, as usual
-        g = _conv_gelu(_tokens_to_map(a, h, w), conv, onednn=fuse).flatten(2).transpose(1, 2)
+        g = F.gelu(conv(_tokens_to_map(a, h, w))).flatten(2).transpose(1, 2)
         ctx.conv_dtype = g.dtype
         return F.linear(g, weight, bias)
 
@@ -343,25 +301,17 @@ class _DwConvGeluLinear(torch.autograd.Function):
         h, w, groups = ctx.geometry
         dt = ctx.conv_dtype
         needs = ctx.needs_input_grad  # a, h, w, conv, conv_weight, conv_bias, weight, bias
-        wanted = [needs[0], needs[4], needs[5]]  # from the conv's backward
         a_map = _tokens_to_map(a, h, w).to(dt)
-        cw, cb = conv_weight.to(dt), None if conv_bias is None else conv_bias.to(dt)
-        grad_out = grad_out.to(dt)
-        b, n, hidden = a.shape
-        grad_y = a.new_empty((b, n, hidden), dtype=dt) if any(wanted) else None
-        rows = _chunk_rows(a_map, h, b * w * hidden)
-
-        def chunks():  # the conv recomputed per chunk of image rows, with one row of halo above and below
-            for top, bottom, lo, hi in _row_bands(h, rows, 1):
-                y = F.conv2d(a_map[:, :, lo:hi], cw, cb, 1, 1, 1, groups)[:, :, top - lo:bottom - lo]
-                index = (slice(None), slice(top * w, bottom * w))
-                yield index, y.flatten(2).transpose(1, 2), grad_out[index]
-
-        grad_w = _gelu_linear_backward_chunks(chunks(), weight.to(dt), grad_y, needs[6])
-        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
-        grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype) if needs[7] else None
+        cw = conv_weight.to(dt)
+        y = F.conv2d(a_map, cw, None if conv_bias is None else conv_bias.to(dt), 1, 1, 1, groups)
+        y = y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+        flat_grad = grad_out.to(dt).reshape(-1, grad_out.shape[-1])
+        grad_w = flat_grad.t().mm(F.gelu(y)).to(weight.dtype) if needs[6] else None
+        grad_b = flat_grad.sum(0).to(ctx.bias_dtype) if needs[7] else None
         grad_a = grad_cw = grad_cb = None
-        if grad_y is not None:
+        wanted = [needs[0], needs[4], needs[5]]  # from the conv's backward
+        if any(wanted):
+            grad_y = torch.ops.aten.gelu_backward(flat_grad.mm(weight.to(dt)), y).view_as(a)
             grad_a_map, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
                 _tokens_to_map(grad_y, h, w), a_map, cw, None if conv_bias is None else [conv_bias.shape[0]],
                 [1, 1], [1, 1], [1, 1], False, [0, 0], groups, wanted)
@@ -372,6 +322,126 @@ class _DwConvGeluLinear(torch.autograd.Function):
             if grad_cb is not None:
                 grad_cb = grad_cb.to(conv_bias.dtype)
         return grad_a, None, None, None, grad_cw, grad_cb, grad_w, grad_b
+
+
+# Hidden activations (elements) per band of one image's rows in banded CPU training (``_BandedMlp``): 8 MB in fp32,
+# which glibc serves from its heap (pvt_d2.cpu_allocator) and the CPU cache holds between the band's passes.
+_TRAIN_BAND_ELEMENTS = 1 << 21
+
+
+def _band_fc1(x: torch.Tensor, w: int, h: int, top: int, bottom: int, halo: int, buf: torch.Tensor,
+              weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
+    """fc1 (then ReLU) of the rows top - halo .. bottom + halo of one image's (h * w, dim) tokens x, rows beyond
+    the image zero (the conv's padding): a ((bottom - top + 2 * halo) * w, hidden) view of ``buf``."""
+    a = buf[:(bottom - top + 2 * halo) * w]
+    lo, hi = max(0, top - halo), min(h, bottom + halo)
+    start, stop = (lo - top + halo) * w, (hi - top + halo) * w
+    torch.addmm(bias, x[lo * w:hi * w], weight.t(), out=a[start:stop])
+    a[:start].zero_()
+    a[stop:].zero_()
+    return a.relu_() if relu else a
+
+
+def _band_map(a: torch.Tensor, w: int) -> torch.Tensor:
+    """A band's (rows * w, C) tokens as a (1, C, rows, w) map (channels-last, no copy)."""
+    return a.view(1, -1, w, a.shape[1]).permute(0, 3, 1, 2)
+
+
+def _band_tokens(m: torch.Tensor) -> torch.Tensor:
+    """A (1, C, rows, w) channels-last map as (rows * w, C) tokens (no copy)."""
+    return m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
+
+
+class _BandedMlp(torch.autograd.Function):
+    """The whole FFN, ``fc2(GELU([dwconv]([ReLU](fc1(x)))))``, for fp32 training on the CPU: one image and one band
+    of its rows at a time, saving only the FFN's input x.
+
+    The hidden activations are 4-8x wider than x. Whole hidden-size tensors (hundreds of MB each at detection
+    resolution) page-fault when allocated and stream through memory at every pass, while a band's
+    (``_TRAIN_BAND_ELEMENTS``) stays in the cache from fc1 to fc2. The backward recomputes fc1, the conv and the
+    GELU band by band (one fc1 matmul more than the plain backward). v2's 3x3 conv reads one row above and below
+    each band: fc1 is computed for those halo rows too (zeros beyond the image, the conv's padding), and the conv's
+    input gradient for the two rows a band shares with the next is carried over to it.
+
+    x: (B, h * w, dim) tokens, or (B, N, dim) with h = N, w = 1 without the conv. conv: 3x3 depthwise, padding 1.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, h: int, w: int, relu: bool, w1: torch.Tensor, b1: torch.Tensor,
+                conv_w: Optional[torch.Tensor], conv_b: Optional[torch.Tensor], w2: torch.Tensor,
+                b2: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        ctx.save_for_backward(x, w1, b1, conv_w, conv_b, w2)
+        ctx.geometry = (h, w, relu)
+        hidden, halo = w1.shape[0], 0 if conv_w is None else 1
+        rows = _rows_within(_TRAIN_BAND_ELEMENTS, w * hidden)
+        buf = x.new_empty(((rows + 2 * halo) * w, hidden))
+        out = x.new_empty((*x.shape[:2], w2.shape[0]))
+        for x_i, out_i in zip(x, out):
+            for top, bottom, _, _ in _row_bands(h, rows, 0):
+                a = _band_fc1(x_i, w, h, top, bottom, halo, buf, w1, b1, relu)
+                if conv_w is None:
+                    g = F.gelu(a)
+                elif _ONEDNN_CONV is not None:  # conv + GELU in one call
+                    g = _band_tokens(_ONEDNN_CONV(_band_map(a, w), conv_w, conv_b, [0, 1], [1, 1], [1, 1], hidden,
+                                                  "gelu", [], "none"))
+                else:
+                    g = F.gelu(_band_tokens(F.conv2d(_band_map(a, w), conv_w, conv_b, 1, (0, 1), 1, hidden)))
+                torch.addmm(b2, g, w2.t(), out=out_i[top * w:bottom * w])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, w1, b1, conv_w, conv_b, w2 = ctx.saved_tensors
+        h, w, relu = ctx.geometry
+        needs = ctx.needs_input_grad  # x, h, w, relu, w1, b1, conv_w, conv_b, w2, b2
+        hidden, halo = w1.shape[0], 0 if conv_w is None else 1
+        rows = _rows_within(_TRAIN_BAND_ELEMENTS, w * hidden)
+        buf = x.new_empty(((rows + 2 * halo) * w, hidden))
+        grad_out = grad_out.contiguous()
+        grad_x = torch.empty_like(x) if needs[0] else None
+        grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
+        grad_cw = grad_cb = None
+        if conv_w is not None:
+            grad_cw, grad_cb = torch.zeros_like(conv_w), torch.zeros_like(conv_b)
+            flipped_w = conv_w.flip(2, 3)
+        for i, (x_i, grad_i) in enumerate(zip(x, grad_out)):
+            carry = None  # the previous band's conv input gradient for this band's first two rows (top - 1, top)
+            for top, bottom, _, _ in _row_bands(h, rows, 0):
+                a = _band_fc1(x_i, w, h, top, bottom, halo, buf, w1, b1, relu)
+                y = a if conv_w is None else _band_tokens(
+                    F.conv2d(_band_map(a, w), conv_w, conv_b, 1, (0, 1), 1, hidden))
+                g_out = grad_i[top * w:bottom * w]
+                grad_w2.addmm_(g_out.t(), F.gelu(y))
+                grad_y = torch.ops.aten.gelu_backward(g_out.mm(w2), y)
+                if conv_w is None:
+                    grad_a, first, last = grad_y, top, bottom
+                else:
+                    grad_y_map = _band_map(grad_y, w)
+                    _, part_w, part_b = torch.ops.aten.convolution_backward(
+                        grad_y_map, _band_map(a, w), conv_w, [hidden], [1, 1], [0, 1], [1, 1], False, [0, 0],
+                        hidden, [False, True, True])
+                    grad_cw += part_w
+                    grad_cb += part_b
+                    # the input gradient of rows top - 1 .. bottom + 1 (rows up to bottom - 1 complete): the
+                    # transposed conv, run as a conv with the kernel flipped (oneDNN's forward kernel, 2.4x faster
+                    # here than its backward-data one)
+                    grad_a = _band_tokens(F.conv2d(grad_y_map, flipped_w, None, 1, (2, 1), 1, hidden))
+                    if carry is not None:
+                        grad_a[:2 * w] += carry
+                    first, last = max(0, top - 1), (h if bottom == h else bottom - 1)
+                    carry = grad_a[(bottom - top) * w:].clone() if bottom < h else None
+                    skip = (first - top + 1) * w  # the zero row above the image is no input
+                    grad_a, a = grad_a[skip:skip + (last - first) * w], a[skip:skip + (last - first) * w]
+                if relu:
+                    grad_a = grad_a * (a > 0)
+                x_rows = x_i[first * w:last * w]
+                grad_w1.addmm_(grad_a.t(), x_rows)
+                grad_b1 += grad_a.sum(0)
+                if grad_x is not None:
+                    torch.mm(grad_a, w1, out=grad_x[i, first * w:last * w])
+        grad_b2 = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return (grad_x, None, None, None, grad_w1, grad_b1, grad_cw, grad_cb, grad_w2, grad_b2)
 
 
 # Hidden activations (elements) of one band of token rows in chunked CPU inference: 16 MB in fp32, which stays in
@@ -392,13 +462,18 @@ class Mlp(nn.Module):
     chunked: CPU inference runs the FFN over bands of token rows (``_MLP_BAND_ELEMENTS`` hidden activations each;
     v2's depthwise conv gets one extra row above and below), so that the hidden activations are read back from
     the cache instead of memory: same outputs, faster.
+    chunked_training: fp32 CPU training runs the whole FFN band by band and saves only its input
+    (``_BandedMlp``): same gradients, faster and leaner; ``recompute_gelu`` then only matters elsewhere (GPU,
+    autocast).
     """
 
     def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, relu: bool = False,
-                 recompute_gelu: bool = False, onednn: bool = False, chunked: bool = False):
+                 recompute_gelu: bool = False, onednn: bool = False, chunked: bool = False,
+                 chunked_training: bool = False):
         super().__init__()
         self.onednn = onednn
         self.chunked = chunked
+        self.chunked_training = chunked_training
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.relu = relu
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if dwconv else None
@@ -435,9 +510,22 @@ class Mlp(nn.Module):
             out[:, top * w:bottom * w] = self._infer_rows(band_x, hi - lo, w, top - lo, bottom - top)
         return out
 
+    def _trains_banded(self, x: torch.Tensor) -> bool:
+        """Whether this call runs ``_BandedMlp``: chunked_training, fp32 on the CPU with autograd, no autocast."""
+        return (self.chunked_training and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.fc1.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and (x.requires_grad or self.fc1.weight.requires_grad) and self.fc1.bias is not None
+                and self.fc2.bias is not None and (self.dwconv is None or self.dwconv.bias is not None)
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self._infer(x, h, w)
+        if self._trains_banded(x):
+            conv_w, conv_b = (None, None) if self.dwconv is None else (self.dwconv.weight, self.dwconv.bias)
+            grid = (h, w) if self.dwconv is not None else (x.shape[1], 1)  # without the conv, any rows of tokens
+            return _BandedMlp.apply(x, *grid, self.relu, self.fc1.weight, self.fc1.bias, conv_w, conv_b,
+                                    self.fc2.weight, self.fc2.bias)
         x = _linear(x, self.fc1, self.onednn)
         if self.relu:
             x = F.relu(x, inplace=True)
@@ -459,18 +547,19 @@ class Block(nn.Module):
 
     dim, num_heads, sr_ratio, linear: see SpatialReductionAttention. mlp_ratio: FFN hidden width / dim.
     dwconv: v2 FFN. drop_path: stochastic-depth probability of this block. norm1/norm2: LayerNorm eps 1e-6.
-    recompute_gelu: see Mlp. onednn: see SpatialReductionAttention and Mlp. chunked_mlp: Mlp's ``chunked``.
+    recompute_gelu: see Mlp. onednn: see SpatialReductionAttention and Mlp. chunked_mlp / chunked_mlp_training:
+    Mlp's ``chunked`` / ``chunked_training``.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, linear: bool = False,
                  dwconv: bool = False, drop_path: float = 0.0, recompute_gelu: bool = False, onednn: bool = False,
-                 chunked_mlp: bool = False):
+                 chunked_mlp: bool = False, chunked_mlp_training: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio, linear, onednn=onednn)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dwconv=dwconv, relu=linear, recompute_gelu=recompute_gelu,
-                       onednn=onednn, chunked=chunked_mlp)
+                       onednn=onednn, chunked=chunked_mlp, chunked_training=chunked_mlp_training)
         self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -509,6 +598,10 @@ class PVT(nn.Module):
             in tracing and in ``torch.compile``.
         chunked_mlp_inference: on the CPU without autograd, run each FFN over bands of token rows whose hidden
             activations fit in the CPU cache (same outputs; pvt_small forward at 800x1344 ~10% faster).
+        chunked_mlp_training: in fp32 training on the CPU, run each whole FFN one image and one band of rows at a
+            time and keep only its input for the backward, which recomputes fc1, the conv and the GELU band by band
+            (``_BandedMlp``): no hidden-size tensor is ever whole; same gradients, faster and leaner. Other devices,
+            dtypes and autocast use ``recompute_gelu``'s formulation.
         in_chans: image channels.
         pretrain_img_size: v1 only: the square image size (pixels) that the position embeddings were learned at;
             they hold one row per token of that grid (224 -> 56, 28, 14, 7; stage 4 adds a cls-token row).
@@ -520,7 +613,7 @@ class PVT(nn.Module):
     def __init__(self, arch: Optional[str] = "pvt_v2_b0", *, drop_path_rate: float = 0.0,
                  out_indices: Sequence[int] = (0, 1, 2, 3), checkpoint_activations: bool = False,
                  recompute_gelu: bool = True, onednn_inference: bool = True, chunked_mlp_inference: bool = True,
-                 in_chans: int = 3, pretrain_img_size: int = 224, **spec):
+                 chunked_mlp_training: bool = True, in_chans: int = 3, pretrain_img_size: int = 224, **spec):
         super().__init__()
         if arch is None:
             missing = {"depths", "embed_dims"} - set(spec)
@@ -557,7 +650,8 @@ class PVT(nn.Module):
             blocks = nn.ModuleList(
                 Block(s.embed_dims[i], s.num_heads[i], s.mlp_ratios[i], s.sr_ratios[i], linear=s.linear,
                       dwconv=s.version == 2, drop_path=dpr[first + j], recompute_gelu=recompute_gelu,
-                      onednn=onednn_inference, chunked_mlp=chunked_mlp_inference)
+                      onednn=onednn_inference, chunked_mlp=chunked_mlp_inference,
+                      chunked_mlp_training=chunked_mlp_training)
                 for j in range(s.depths[i])
             )
             first += s.depths[i]
