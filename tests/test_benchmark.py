@@ -267,7 +267,7 @@ def test_chunked_mlp_training_gives_equal_gradients_and_saves_less(arch, most, m
         torch.testing.assert_close(g_banded[name], g_plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_chunked_mlp_training_gives_weight_gradients_for_an_input_without_one():
+def test_chunked_mlp_training_gives_weight_gradients_for_an_input_without_one_and_none_to_frozen_ones():
     mlp = Mlp(16, 64, dwconv=True, chunked_training=True)
     x = torch.randn(2, 5 * 7, 16)
     mlp(x, 5, 7).square().sum().backward()
@@ -277,6 +277,11 @@ def test_chunked_mlp_training_gives_weight_gradients_for_an_input_without_one():
     mlp(x, 5, 7).square().sum().backward()
     for name, p in mlp.named_parameters():
         torch.testing.assert_close(banded[name], p.grad, atol=1e-6, rtol=1e-5, msg=name)
+    mlp.chunked_training = True  # a frozen fc1 gets no gradient
+    mlp.zero_grad(set_to_none=True)
+    mlp.fc1.requires_grad_(False)
+    mlp(x, 5, 7).square().sum().backward()
+    assert mlp.fc1.weight.grad is None and mlp.fc2.weight.grad is not None
 
 
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])

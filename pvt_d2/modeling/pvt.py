@@ -441,7 +441,8 @@ class _BandedMlp(torch.autograd.Function):
                 if grad_x is not None:
                     torch.mm(grad_a, w1, out=grad_x[i, first * w:last * w])
         grad_b2 = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return (grad_x, None, None, None, grad_w1, grad_b1, grad_cw, grad_cb, grad_w2, grad_b2)
+        grads = (grad_w1, grad_b1, grad_cw, grad_cb, grad_w2, grad_b2)
+        return (grad_x, None, None, None, *(g if need else None for g, need in zip(grads, needs[4:])))
 
 
 # Hidden activations (elements) of one band of token rows in chunked CPU inference: 16 MB in fp32, which stays in
