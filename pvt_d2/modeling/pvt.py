@@ -329,39 +329,54 @@ class _DwConvGeluLinear(torch.autograd.Function):
 _TRAIN_BAND_ELEMENTS = 1 << 21
 
 
-def _band_fc1(x: torch.Tensor, w: int, h: int, top: int, bottom: int, halo: int, buf: torch.Tensor,
+def _train_bands(b: int, h: int, w: int, hidden: int) -> List[Tuple[int, int, int, int]]:
+    """The bands of ``_BandedMlp``, (first image, last image + 1, top row, bottom row), each with at most about
+    ``_TRAIN_BAND_ELEMENTS`` hidden activations: several whole images where one fits, else rows of one image."""
+    rows = _rows_within(_TRAIN_BAND_ELEMENTS, w * hidden)
+    if rows >= h:
+        per = rows // h
+        return [(i, min(b, i + per), 0, h) for i in range(0, b, per)]
+    return [(i, i + 1, top, bottom) for i in range(b) for top, bottom, _, _ in _row_bands(h, rows, 0)]
+
+
+def _band_fc1(x: torch.Tensor, band: Tuple[int, int, int, int], h: int, w: int, halo: int, buf: torch.Tensor,
               weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """fc1 (then ReLU) of the rows top - halo .. bottom + halo of one image's (h * w, dim) tokens x, rows beyond
-    the image zero (the conv's padding): a ((bottom - top + 2 * halo) * w, hidden) view of ``buf``."""
-    a = buf[:(bottom - top + 2 * halo) * w]
-    lo, hi = max(0, top - halo), min(h, bottom + halo)
-    start, stop = (lo - top + halo) * w, (hi - top + halo) * w
-    torch.addmm(bias, x[lo * w:hi * w], weight.t(), out=a[start:stop])
-    a[:start].zero_()
-    a[stop:].zero_()
+    """fc1 (then ReLU) of a band's tokens of x (B, h * w, dim), as (tokens, hidden) in ``buf``: whole images as they
+    are, or one image's rows top - halo .. bottom + halo, rows beyond the image zero (the conv's padding)."""
+    first, last, top, bottom = band
+    if top == 0 and bottom == h:
+        a = buf[:(last - first) * h * w]
+        torch.addmm(bias, x[first:last].reshape(-1, x.shape[-1]), weight.t(), out=a)
+    else:
+        a = buf[:(bottom - top + 2 * halo) * w]
+        lo, hi = max(0, top - halo), min(h, bottom + halo)
+        start, stop = (lo - top + halo) * w, (hi - top + halo) * w
+        torch.addmm(bias, x[first, lo * w:hi * w], weight.t(), out=a[start:stop])
+        a[:start].zero_()
+        a[stop:].zero_()
     return a.relu_() if relu else a
 
 
-def _band_map(a: torch.Tensor, w: int) -> torch.Tensor:
-    """A band's (rows * w, C) tokens as a (1, C, rows, w) map (channels-last, no copy)."""
-    return a.view(1, -1, w, a.shape[1]).permute(0, 3, 1, 2)
+def _band_map(a: torch.Tensor, w: int, images: int) -> torch.Tensor:
+    """A band's (tokens, C) as an (images, C, rows, w) map (channels-last, no copy)."""
+    return a.view(images, -1, w, a.shape[1]).permute(0, 3, 1, 2)
 
 
 def _band_tokens(m: torch.Tensor) -> torch.Tensor:
-    """A (1, C, rows, w) channels-last map as (rows * w, C) tokens (no copy)."""
+    """A channels-last (images, C, rows, w) map as (tokens, C) (no copy)."""
     return m.permute(0, 2, 3, 1).reshape(-1, m.shape[1])
 
 
 class _BandedMlp(torch.autograd.Function):
-    """The whole FFN, ``fc2(GELU([dwconv]([ReLU](fc1(x)))))``, for fp32 training on the CPU: one image and one band
-    of its rows at a time, saving only the FFN's input x.
+    """The whole FFN, ``fc2(GELU([dwconv]([ReLU](fc1(x)))))``, for fp32 training on the CPU, band by band (several
+    whole images, or rows of one image: ``_train_bands``), saving only the FFN's input x.
 
     The hidden activations are 4-8x wider than x. Whole hidden-size tensors (hundreds of MB each at detection
     resolution) page-fault when allocated and stream through memory at every pass, while a band's
     (``_TRAIN_BAND_ELEMENTS``) stays in the cache from fc1 to fc2. The backward recomputes fc1, the conv and the
-    GELU band by band (one fc1 matmul more than the plain backward). v2's 3x3 conv reads one row above and below
-    each band: fc1 is computed for those halo rows too (zeros beyond the image, the conv's padding), and the conv's
-    input gradient for the two rows a band shares with the next is carried over to it.
+    GELU band by band (one fc1 matmul more than the plain backward). In a band of rows, v2's 3x3 conv reads one row
+    above and below: fc1 is computed for those halo rows too (zeros beyond the image, the conv's padding), and the
+    conv's input gradient for the two rows the band shares with the next is carried over to it.
 
     x: (B, h * w, dim) tokens, or (B, N, dim) with h = N, w = 1 without the conv. conv: 3x3 depthwise, padding 1.
     """
@@ -374,20 +389,24 @@ class _BandedMlp(torch.autograd.Function):
         ctx.save_for_backward(x, w1, b1, conv_w, conv_b, w2)
         ctx.geometry = (h, w, relu)
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
-        rows = _rows_within(_TRAIN_BAND_ELEMENTS, w * hidden)
-        buf = x.new_empty(((rows + 2 * halo) * w, hidden))
+        bands = _train_bands(x.shape[0], h, w, hidden)
+        buf = x.new_empty((max(max((last - first) * h, bottom - top + 2 * halo) for first, last, top, bottom in bands)
+                           * w, hidden))
         out = x.new_empty((*x.shape[:2], w2.shape[0]))
-        for x_i, out_i in zip(x, out):
-            for top, bottom, _, _ in _row_bands(h, rows, 0):
-                a = _band_fc1(x_i, w, h, top, bottom, halo, buf, w1, b1, relu)
-                if conv_w is None:
-                    g = F.gelu(a)
-                elif _ONEDNN_CONV is not None:  # conv + GELU in one call
-                    g = _band_tokens(_ONEDNN_CONV(_band_map(a, w), conv_w, conv_b, [0, 1], [1, 1], [1, 1], hidden,
-                                                  "gelu", [], "none"))
+        for band in bands:
+            first, last, top, bottom = band
+            whole = top == 0 and bottom == h
+            a = _band_fc1(x, band, h, w, halo, buf, w1, b1, relu)
+            if conv_w is None:
+                g = F.gelu(a)
+            else:
+                a_map, pad = _band_map(a, w, last - first), [1 if whole else 0, 1]
+                if _ONEDNN_CONV is not None:  # conv + GELU in one call
+                    g = _ONEDNN_CONV(a_map, conv_w, conv_b, pad, [1, 1], [1, 1], hidden, "gelu", [], "none")
                 else:
-                    g = F.gelu(_band_tokens(F.conv2d(_band_map(a, w), conv_w, conv_b, 1, (0, 1), 1, hidden)))
-                torch.addmm(b2, g, w2.t(), out=out_i[top * w:bottom * w])
+                    g = F.gelu(F.conv2d(a_map, conv_w, conv_b, 1, pad, 1, hidden))
+                g = _band_tokens(g)
+            torch.addmm(b2, g, w2.t(), out=out[first:last, top * w:bottom * w].reshape(-1, w2.shape[0]))
         return out
 
     @staticmethod
@@ -396,8 +415,9 @@ class _BandedMlp(torch.autograd.Function):
         h, w, relu = ctx.geometry
         needs = ctx.needs_input_grad  # x, h, w, relu, w1, b1, conv_w, conv_b, w2, b2
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
-        rows = _rows_within(_TRAIN_BAND_ELEMENTS, w * hidden)
-        buf = x.new_empty(((rows + 2 * halo) * w, hidden))
+        bands = _train_bands(x.shape[0], h, w, hidden)
+        buf = x.new_empty((max(max((last - first) * h, bottom - top + 2 * halo) for first, last, top, bottom in bands)
+                           * w, hidden))
         grad_out = grad_out.contiguous()
         grad_x = torch.empty_like(x) if needs[0] else None
         grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
@@ -405,41 +425,42 @@ class _BandedMlp(torch.autograd.Function):
         if conv_w is not None:
             grad_cw, grad_cb = torch.zeros_like(conv_w), torch.zeros_like(conv_b)
             flipped_w = conv_w.flip(2, 3)
-        for i, (x_i, grad_i) in enumerate(zip(x, grad_out)):
-            carry = None  # the previous band's conv input gradient for this band's first two rows (top - 1, top)
-            for top, bottom, _, _ in _row_bands(h, rows, 0):
-                a = _band_fc1(x_i, w, h, top, bottom, halo, buf, w1, b1, relu)
-                y = a if conv_w is None else _band_tokens(
-                    F.conv2d(_band_map(a, w), conv_w, conv_b, 1, (0, 1), 1, hidden))
-                g_out = grad_i[top * w:bottom * w]
-                grad_w2.addmm_(g_out.t(), F.gelu(y))
-                grad_y = torch.ops.aten.gelu_backward(g_out.mm(w2), y)
-                if conv_w is None:
-                    grad_a, first, last = grad_y, top, bottom
-                else:
-                    grad_y_map = _band_map(grad_y, w)
-                    _, part_w, part_b = torch.ops.aten.convolution_backward(
-                        grad_y_map, _band_map(a, w), conv_w, [hidden], [1, 1], [0, 1], [1, 1], False, [0, 0],
-                        hidden, [False, True, True])
-                    grad_cw += part_w
-                    grad_cb += part_b
-                    # the input gradient of rows top - 1 .. bottom + 1 (rows up to bottom - 1 complete): the
-                    # transposed conv, run as a conv with the kernel flipped (oneDNN's forward kernel, 2.4x faster
-                    # here than its backward-data one)
-                    grad_a = _band_tokens(F.conv2d(grad_y_map, flipped_w, None, 1, (2, 1), 1, hidden))
+        carry = None  # the previous band's conv input gradient for this band's first two rows (top - 1, top)
+        for band in bands:
+            first, last, top, bottom = band
+            whole = top == 0 and bottom == h
+            a = _band_fc1(x, band, h, w, halo, buf, w1, b1, relu)
+            pad = [1 if whole else 0, 1]
+            y = a if conv_w is None else _band_tokens(
+                F.conv2d(_band_map(a, w, last - first), conv_w, conv_b, 1, pad, 1, hidden))
+            g_out = grad_out[first:last, top * w:bottom * w].reshape(-1, grad_out.shape[-1])
+            grad_w2.addmm_(g_out.t(), F.gelu(y))
+            grad_y = torch.ops.aten.gelu_backward(g_out.mm(w2), y)
+            first_row, last_row = top, bottom
+            if conv_w is not None:
+                grad_y_map = _band_map(grad_y, w, last - first)
+                _, part_w, part_b = torch.ops.aten.convolution_backward(
+                    grad_y_map, _band_map(a, w, last - first), conv_w, [hidden], [1, 1], pad, [1, 1], False,
+                    [0, 0], hidden, [False, True, True])
+                grad_cw += part_w
+                grad_cb += part_b
+                # the input gradient: the transposed conv, run as a conv with the kernel flipped (oneDNN's forward
+                # kernel, 2.4x faster here than its backward-data one); in a band of rows, that of rows
+                # top - 1 .. bottom + 1, complete up to row bottom - 1
+                grad_y = _band_tokens(F.conv2d(grad_y_map, flipped_w, None, 1, [2 - p for p in pad], 1, hidden))
+                if not whole:
                     if carry is not None:
-                        grad_a[:2 * w] += carry
-                    first, last = max(0, top - 1), (h if bottom == h else bottom - 1)
-                    carry = grad_a[(bottom - top) * w:].clone() if bottom < h else None
-                    skip = (first - top + 1) * w  # the zero row above the image is no input
-                    grad_a, a = grad_a[skip:skip + (last - first) * w], a[skip:skip + (last - first) * w]
-                if relu:
-                    grad_a = grad_a * (a > 0)
-                x_rows = x_i[first * w:last * w]
-                grad_w1.addmm_(grad_a.t(), x_rows)
-                grad_b1 += grad_a.sum(0)
-                if grad_x is not None:
-                    torch.mm(grad_a, w1, out=grad_x[i, first * w:last * w])
+                        grad_y[:2 * w] += carry
+                    first_row, last_row = max(0, top - 1), (h if bottom == h else bottom - 1)
+                    carry = grad_y[(bottom - top) * w:].clone() if bottom < h else None
+                    skip = (first_row - top + 1) * w  # the zero row above the image is no input
+                    grad_y, a = grad_y[skip:skip + (last_row - first_row) * w], a[skip:skip + (last_row - first_row) * w]
+            grad_a = grad_y * (a > 0) if relu else grad_y
+            x_rows = x[first:last, first_row * w:last_row * w].reshape(-1, x.shape[-1])
+            grad_w1.addmm_(grad_a.t(), x_rows)
+            grad_b1 += grad_a.sum(0)
+            if grad_x is not None:
+                torch.mm(grad_a, w1, out=grad_x[first:last, first_row * w:last_row * w].reshape(-1, x.shape[-1]))
         grad_b2 = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
         grads = (grad_w1, grad_b1, grad_cw, grad_cb, grad_w2, grad_b2)
         return (grad_x, None, None, None, *(g if need else None for g, need in zip(grads, needs[4:])))
