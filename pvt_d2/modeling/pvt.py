@@ -339,6 +339,14 @@ def _train_bands(b: int, h: int, w: int, hidden: int) -> List[Tuple[int, int, in
     return [(i, i + 1, top, bottom) for i in range(b) for top, bottom, _, _ in _row_bands(h, rows, 0)]
 
 
+def _band_buffer(x: torch.Tensor, bands: List[Tuple[int, int, int, int]], h: int, w: int, hidden: int,
+                 halo: int) -> torch.Tensor:
+    """Room for the largest band's fc1 activations, halo rows included."""
+    rows = max((last - first) * h if top == 0 and bottom == h else bottom - top + 2 * halo
+               for first, last, top, bottom in bands)
+    return x.new_empty((rows * w, hidden))
+
+
 def _band_fc1(x: torch.Tensor, band: Tuple[int, int, int, int], h: int, w: int, halo: int, buf: torch.Tensor,
               weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
     """fc1 (then ReLU) of a band's tokens of x (B, h * w, dim), as (tokens, hidden) in ``buf``: whole images as they
@@ -390,8 +398,7 @@ class _BandedMlp(torch.autograd.Function):
         ctx.geometry = (h, w, relu)
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
         bands = _train_bands(x.shape[0], h, w, hidden)
-        buf = x.new_empty((max(max((last - first) * h, bottom - top + 2 * halo) for first, last, top, bottom in bands)
-                           * w, hidden))
+        buf = _band_buffer(x, bands, h, w, hidden, halo)
         out = x.new_empty((*x.shape[:2], w2.shape[0]))
         for band in bands:
             first, last, top, bottom = band
@@ -416,8 +423,7 @@ class _BandedMlp(torch.autograd.Function):
         needs = ctx.needs_input_grad  # x, h, w, relu, w1, b1, conv_w, conv_b, w2, b2
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
         bands = _train_bands(x.shape[0], h, w, hidden)
-        buf = x.new_empty((max(max((last - first) * h, bottom - top + 2 * halo) for first, last, top, bottom in bands)
-                           * w, hidden))
+        buf = _band_buffer(x, bands, h, w, hidden, halo)
         grad_out = grad_out.contiguous()
         grad_x = torch.empty_like(x) if needs[0] else None
         grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
@@ -453,8 +459,8 @@ class _BandedMlp(torch.autograd.Function):
                         grad_y[:2 * w] += carry
                     first_row, last_row = max(0, top - 1), (h if bottom == h else bottom - 1)
                     carry = grad_y[(bottom - top) * w:].clone() if bottom < h else None
-                    skip = (first_row - top + 1) * w  # the zero row above the image is no input
-                    grad_y, a = grad_y[skip:skip + (last_row - first_row) * w], a[skip:skip + (last_row - first_row) * w]
+                    kept = slice((first_row - top + 1) * w, (last_row - top + 1) * w)  # not the zero row above
+                    grad_y, a = grad_y[kept], a[kept]
             grad_a = grad_y * (a > 0) if relu else grad_y
             x_rows = x[first:last, first_row * w:last_row * w].reshape(-1, x.shape[-1])
             grad_w1.addmm_(grad_a.t(), x_rows)
