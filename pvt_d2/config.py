@@ -30,15 +30,16 @@ def add_pvt_config(cfg: CN) -> None:
     # Recompute block activations in the backward pass (torch.utils.checkpoint): less memory, one more block forward.
     cfg.MODEL.PVT.CHECKPOINT_ACTIVATIONS = False
     # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU (v2: keep the depthwise
-    # conv's input and recompute the conv and the GELU): less memory, same gradients.
+    # conv's input and recompute the conv and the GELU): less memory, same gradients. Used on GPUs, under autocast
+    # and wherever CHUNKED_MLP_TRAINING does not apply.
     cfg.MODEL.PVT.RECOMPUTE_GELU = True
     # CPU inference (fp32 or bf16 autocast): oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU
     # fused: faster.
     cfg.MODEL.PVT.ONEDNN_INFERENCE = True
     # CPU inference: each FFN over bands of token rows whose hidden activations stay in the CPU cache: faster.
     cfg.MODEL.PVT.CHUNKED_MLP_INFERENCE = True
-    # fp32 CPU training: each FFN one image and one band of rows at a time, keeping only its input for the backward
-    # (which recomputes it band by band): same gradients, faster, less memory.
+    # fp32 CPU training: each FFN band by band (rows of one image, or several small images), keeping only its input
+    # for the backward (which recomputes it band by band): same gradients, faster, less memory.
     cfg.MODEL.PVT.CHUNKED_MLP_TRAINING = True
     _add_training_config(cfg)
     _add_detr_config(cfg)
