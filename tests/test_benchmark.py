@@ -66,6 +66,17 @@ def _grads(model, x, seed=1):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _assert_leaner_with_equal_gradients(plain, switched, x, most, atol, rtol):
+    """The switched model saves under ``most`` times the plain model's activations and gets the same gradients."""
+    saved_plain, _ = _saved_bytes(plain, x)
+    saved_switched, _ = _saved_bytes(switched, x)
+    assert saved_switched < most * saved_plain
+    g_plain, g_switched = _grads(plain, x), _grads(switched, x)
+    assert g_plain.keys() == g_switched.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_switched[name], g_plain[name], atol=atol, rtol=rtol, msg=name)
+
+
 # ---- the reference formulations -------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch, size", [("pvt_tiny", (96, 128)), ("pvt_v2_b0", (100, 130)), ("tiny_li", (64, 96))])
 def test_unfused_reference_matches_pvt_on_the_same_parameters(arch, size):
@@ -220,14 +231,7 @@ def test_isolated_run_measures_in_a_fresh_process():
 def test_recompute_gelu_gives_equal_gradients_and_saves_less(arch, most):
     torch.manual_seed(0)
     plain, lean = _switched_pair(arch, "recompute_gelu", drop_path_rate=0.2, chunked_mlp_training=False)
-    x = torch.randn(2, 3, 64, 96)
-    saved_plain, _ = _saved_bytes(plain, x)
-    saved_lean, _ = _saved_bytes(lean, x)
-    assert saved_lean < most * saved_plain
-    g_plain, g_lean = _grads(plain, x), _grads(lean, x)
-    assert g_plain.keys() == g_lean.keys()
-    for name in g_plain:
-        torch.testing.assert_close(g_lean[name], g_plain[name], atol=1e-7, rtol=1e-6, msg=name)
+    _assert_leaner_with_equal_gradients(plain, lean, torch.randn(2, 3, 64, 96), most, atol=1e-7, rtol=1e-6)
 
 
 def test_recompute_gelu_under_bf16_autocast_gives_equal_gradients():
@@ -256,15 +260,8 @@ def test_chunked_mlp_training_gives_equal_gradients_and_saves_less(arch, most, m
     torch.manual_seed(0)
     plain, banded_model = _switched_pair(arch, "chunked_mlp_training", drop_path_rate=0.2)
     x = torch.randn(2, 3, 100, 132)  # odd grids: 25 x 33 tokens in stage 1
-    saved_plain, _ = _saved_bytes(plain, x)
-    assert not calls
-    saved_banded, _ = _saved_bytes(banded_model, x)
-    assert len(calls) == sum(plain.spec.depths)  # every block's FFN
-    assert saved_banded < most * saved_plain
-    g_plain, g_banded = _grads(plain, x), _grads(banded_model, x)
-    assert g_plain.keys() == g_banded.keys()
-    for name in g_plain:
-        torch.testing.assert_close(g_banded[name], g_plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    _assert_leaner_with_equal_gradients(plain, banded_model, x, most, atol=1e-6, rtol=1e-5)
+    assert len(calls) == 2 * sum(plain.spec.depths)  # every block's FFN, in both of the switched model's forwards
 
 
 def test_chunked_mlp_training_gives_weight_gradients_for_an_input_without_one_and_none_to_frozen_ones():
@@ -288,13 +285,7 @@ def test_chunked_mlp_training_gives_weight_gradients_for_an_input_without_one_an
 def test_checkpoint_activations_gives_equal_gradients_and_saves_less(arch):
     torch.manual_seed(0)
     plain, ckpt = _switched_pair(arch, "checkpoint_activations", drop_path_rate=0.2)
-    x = torch.randn(2, 3, 64, 96)
-    saved_plain, _ = _saved_bytes(plain, x)
-    saved_ckpt, _ = _saved_bytes(ckpt, x)
-    assert saved_ckpt < 0.5 * saved_plain
-    g_plain, g_ckpt = _grads(plain, x), _grads(ckpt, x)
-    for name in g_plain:
-        torch.testing.assert_close(g_ckpt[name], g_plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    _assert_leaner_with_equal_gradients(plain, ckpt, torch.randn(2, 3, 64, 96), 0.5, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
