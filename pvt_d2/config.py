@@ -38,8 +38,8 @@ def add_pvt_config(cfg: CN) -> None:
     cfg.MODEL.PVT.ONEDNN_INFERENCE = True
     # CPU inference: each FFN over bands of token rows whose hidden activations stay in the CPU cache: faster.
     cfg.MODEL.PVT.CHUNKED_MLP_INFERENCE = True
-    # fp32 CPU training: each FFN band by band (rows of one image, or several small images), keeping only its input
-    # for the backward (which recomputes it band by band): same gradients, faster, less memory.
+    # CPU training (fp32, or bf16 autocast): each FFN band by band (rows of one image, or several small images),
+    # keeping only its input for the backward (which recomputes it band by band): same gradients, faster, less memory.
     cfg.MODEL.PVT.CHUNKED_MLP_TRAINING = True
     _add_training_config(cfg)
     _add_detr_config(cfg)

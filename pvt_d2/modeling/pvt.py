@@ -144,17 +144,22 @@ _ONEDNN_LINEAR = getattr(_MKLDNN, "_linear_pointwise", None)
 _ONEDNN_CONV = getattr(_MKLDNN, "_convolution_pointwise", None)
 
 
-def _onednn_dtype(x: torch.Tensor, layer: nn.Module) -> Optional[torch.dtype]:
-    """The dtype oneDNN's fused ops may run in: fp32 on the CPU, or bf16 under CPU bf16 autocast (inputs and
-    parameters cast to bf16, as autocast would); None where they may not: with autograd, in tracing or
-    ``torch.compile``, on other devices and dtypes."""
-    if (x.device.type != "cpu" or layer.weight.dtype != torch.float32 or torch.is_grad_enabled()
-            or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+def _cpu_matmul_dtype(x: torch.Tensor, layer: nn.Module) -> Optional[torch.dtype]:
+    """The dtype our CPU-specific paths run ``layer``'s matmuls in: fp32 for fp32 input and parameters, or bf16 under
+    CPU bf16 autocast (inputs and parameters cast to bf16, as autocast would); None elsewhere (other devices,
+    dtypes and autocast dtypes, tracing, ``torch.compile``)."""
+    if (x.device.type != "cpu" or layer.weight.dtype != torch.float32 or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()):
         return None
     if torch.is_autocast_enabled("cpu"):
         bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
         return torch.bfloat16 if bf16 else None
     return torch.float32 if x.dtype == torch.float32 else None
+
+
+def _onednn_dtype(x: torch.Tensor, layer: nn.Module) -> Optional[torch.dtype]:
+    """The dtype oneDNN's fused inference ops may run in (``_cpu_matmul_dtype``), None with autograd."""
+    return None if torch.is_grad_enabled() else _cpu_matmul_dtype(x, layer)
 
 
 def _params_in(layer: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -248,20 +253,29 @@ def _row_bands(h: int, rows: int, halo: int) -> Iterator[Tuple[int, int, int, in
 def _gelu_linear_grads(grad_out: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, want_h: bool,
                        grad_w: Optional[torch.Tensor] = None, in_place: bool = True) -> Optional[torch.Tensor]:
     """The gradient w.r.t. h of ``F.linear(F.gelu(h), weight)`` (if ``want_h``), for 2-D h and grad_out, all in one
-    dtype; the weight's gradient is added to ``grad_w`` if given.
+    dtype; the weight's gradient is added to ``grad_w`` if given (which may be wider: fp32 for bf16 matmuls).
 
     GELU(h) is freed before the gradient w.r.t. h is made; ``in_place``: the GELU backward writes into the matmul's
     output, so that one hidden-size temporary is alive at a time (on a small band, out of place measured 2-3%
     faster here).
     """
     if grad_w is not None:
-        grad_w.addmm_(grad_out.t(), F.gelu(h))
+        _add_matmul(grad_w, grad_out.t(), F.gelu(h))
     if not want_h:
         return None
     grad_a = grad_out.mm(weight)
     if not in_place:
         return torch.ops.aten.gelu_backward(grad_a, h)
     return torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=grad_a)
+
+
+def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a · b``; with a and b narrower than acc (bf16 into an fp32 gradient) the product is summed in acc's
+    dtype."""
+    if acc.dtype == a.dtype:
+        acc.addmm_(a, b)
+    else:
+        acc += a.mm(b)
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -363,27 +377,29 @@ def _whole_images(band: Tuple[int, int, int, int], h: int) -> bool:
     return band[2] == 0 and band[3] == h
 
 
-def _band_buffer(x: torch.Tensor, bands: List[Tuple[int, int, int, int]], h: int, w: int, hidden: int,
+def _band_buffer(bands: List[Tuple[int, int, int, int]], h: int, w: int, weight: torch.Tensor,
                  halo: int) -> torch.Tensor:
-    """Room for the largest band's fc1 activations, halo rows included."""
+    """Room for the largest band's fc1 activations (fc1's weight (hidden, dim) gives their width and dtype), halo
+    rows included."""
     rows = max((last - first) * h if _whole_images((first, last, top, bottom), h) else bottom - top + 2 * halo
                for first, last, top, bottom in bands)
-    return x.new_empty((rows * w, hidden))
+    return weight.new_empty((rows * w, weight.shape[0]))
 
 
 def _band_fc1(x: torch.Tensor, band: Tuple[int, int, int, int], h: int, w: int, halo: int, buf: torch.Tensor,
               weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-    """fc1 (then ReLU) of a band's tokens of x (B, h * w, dim), as (tokens, hidden) in ``buf``: whole images as they
-    are, or one image's rows top - halo .. bottom + halo, rows beyond the image zero (the conv's padding)."""
+    """fc1 (then ReLU) of a band's tokens of x (B, h * w, dim), as (tokens, hidden) in ``buf`` and the weight's dtype:
+    whole images as they are, or one image's rows top - halo .. bottom + halo, rows beyond the image zero (the
+    conv's padding)."""
     first, last, top, bottom = band
     if _whole_images(band, h):
         a = buf[:(last - first) * h * w]
-        torch.addmm(bias, x[first:last].reshape(-1, x.shape[-1]), weight.t(), out=a)
+        torch.addmm(bias, x[first:last].reshape(-1, x.shape[-1]).to(weight.dtype), weight.t(), out=a)
     else:
         a = buf[:(bottom - top + 2 * halo) * w]
         lo, hi = max(0, top - halo), min(h, bottom + halo)
         start, stop = (lo - top + halo) * w, (hi - top + halo) * w
-        torch.addmm(bias, x[first, lo * w:hi * w], weight.t(), out=a[start:stop])
+        torch.addmm(bias, x[first, lo * w:hi * w].to(weight.dtype), weight.t(), out=a[start:stop])
         a[:start].zero_()
         a[stop:].zero_()
     return a.relu_() if relu else a
@@ -400,8 +416,8 @@ def _band_tokens(m: torch.Tensor) -> torch.Tensor:
 
 
 class _BandedMlp(torch.autograd.Function):
-    """The whole FFN, ``fc2(GELU([dwconv]([ReLU](fc1(x)))))``, for fp32 training on the CPU, band by band (several
-    whole images, or rows of one image: ``_train_bands``), saving only the FFN's input x.
+    """The whole FFN, ``fc2(GELU([dwconv]([ReLU](fc1(x)))))``, for training on the CPU (fp32, or bf16 autocast), band
+    by band (several whole images, or rows of one image: ``_train_bands``), saving only the FFN's input x.
 
     The hidden activations are 4-8x wider than x. Whole hidden-size tensors (hundreds of MB each at detection
     resolution) page-fault when allocated and stream through memory at every pass, while a band's
@@ -411,19 +427,25 @@ class _BandedMlp(torch.autograd.Function):
     conv's input gradient for the two rows the band shares with the next is carried over to it.
 
     x: (B, h * w, dim) tokens, or (B, N, dim) with h = N, w = 1 without the conv. conv: 3x3 depthwise, padding 1.
+    matmul_dtype: fp32, or bf16 under CPU bf16 autocast: the band's fc1, conv, GELU and fc2 and their gradients
+    run in it, as autocast runs them, and the output is in it; the weight gradients are summed in the parameters'
+    dtype (fp32), band by band.
     """
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)
     def forward(ctx, x: torch.Tensor, h: int, w: int, relu: bool, w1: torch.Tensor, b1: torch.Tensor,
                 conv_w: Optional[torch.Tensor], conv_b: Optional[torch.Tensor], w2: torch.Tensor,
-                b2: torch.Tensor) -> torch.Tensor:
+                b2: torch.Tensor, matmul_dtype: torch.dtype) -> torch.Tensor:
         x = x.contiguous()
         ctx.save_for_backward(x, w1, b1, conv_w, conv_b, w2)
-        ctx.geometry = (h, w, relu)
+        ctx.geometry = (h, w, relu, matmul_dtype)
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
+        w1, b1, conv_w, conv_b, w2, b2 = (None if t is None else t.to(matmul_dtype)
+                                          for t in (w1, b1, conv_w, conv_b, w2, b2))
         bands = _train_bands(x.shape[0], h, w, hidden)
-        buf = _band_buffer(x, bands, h, w, hidden, halo)
-        out = x.new_empty((*x.shape[:2], w2.shape[0]))
+        buf = _band_buffer(bands, h, w, w1, halo)
+        out = x.new_empty((*x.shape[:2], w2.shape[0]), dtype=matmul_dtype)
         for band in bands:
             first, last, top, bottom = band
             whole = _whole_images(band, h)
@@ -441,35 +463,37 @@ class _BandedMlp(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, grad_out: torch.Tensor):
         x, w1, b1, conv_w, conv_b, w2 = ctx.saved_tensors
-        h, w, relu = ctx.geometry
-        needs = ctx.needs_input_grad  # x, h, w, relu, w1, b1, conv_w, conv_b, w2, b2
+        h, w, relu, mdt = ctx.geometry
+        needs = ctx.needs_input_grad  # x, h, w, relu, w1, b1, conv_w, conv_b, w2, b2, matmul_dtype
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
+        w1_m, b1_m, conv_w_m, conv_b_m, w2_m = (None if t is None else t.to(mdt) for t in (w1, b1, conv_w, conv_b, w2))
         bands = _train_bands(x.shape[0], h, w, hidden)
-        buf = _band_buffer(x, bands, h, w, hidden, halo)
-        grad_out = grad_out.contiguous()
+        buf = _band_buffer(bands, h, w, w1_m, halo)
+        grad_out = grad_out.to(mdt).contiguous()
         grad_x = torch.empty_like(x) if needs[0] else None
         grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
         grad_cw = grad_cb = None
         if conv_w is not None:
             grad_cw, grad_cb = torch.zeros_like(conv_w), torch.zeros_like(conv_b)
-            flipped_w = conv_w.flip(2, 3)
+            flipped_w = conv_w_m.flip(2, 3)
         carry = None  # the previous band's conv input gradient for this band's first two rows (top - 1, top)
         for band in bands:
             first, last, top, bottom = band
             whole = _whole_images(band, h)
-            a = _band_fc1(x, band, h, w, halo, buf, w1, b1, relu)
+            a = _band_fc1(x, band, h, w, halo, buf, w1_m, b1_m, relu)
             pad = [1 if whole else 0, 1]
             y = a if conv_w is None else _band_tokens(
-                F.conv2d(_band_map(a, w, last - first), conv_w, conv_b, 1, pad, 1, hidden))
+                F.conv2d(_band_map(a, w, last - first), conv_w_m, conv_b_m, 1, pad, 1, hidden))
             g_out = grad_out[first:last, top * w:bottom * w].reshape(-1, grad_out.shape[-1])
-            grad_y = _gelu_linear_grads(g_out, y, w2, True, grad_w2, in_place=False)
+            grad_y = _gelu_linear_grads(g_out, y, w2_m, True, grad_w2, in_place=False)
             first_row, last_row = top, bottom
             if conv_w is not None:
                 grad_y_map = _band_map(grad_y, w, last - first)
                 _, part_w, part_b = torch.ops.aten.convolution_backward(
-                    grad_y_map, _band_map(a, w, last - first), conv_w, [hidden], [1, 1], pad, [1, 1], False,
+                    grad_y_map, _band_map(a, w, last - first), conv_w_m, [hidden], [1, 1], pad, [1, 1], False,
                     [0, 0], hidden, [False, True, True])
                 grad_cw += part_w
                 grad_cb += part_b
@@ -485,14 +509,18 @@ class _BandedMlp(torch.autograd.Function):
                     kept = slice((first_row - top + 1) * w, (last_row - top + 1) * w)  # not the zero row above
                     grad_y, a = grad_y[kept], a[kept]
             grad_a = grad_y * (a > 0) if relu else grad_y
+            grad_b1 += grad_a.sum(0, dtype=grad_b1.dtype)
             x_rows = x[first:last, first_row * w:last_row * w].reshape(-1, x.shape[-1])
-            grad_w1.addmm_(grad_a.t(), x_rows)
-            grad_b1 += grad_a.sum(0)
+            _add_matmul(grad_w1, grad_a.t(), x_rows.to(mdt))
             if grad_x is not None:
-                torch.mm(grad_a, w1, out=grad_x[first:last, first_row * w:last_row * w].reshape(-1, x.shape[-1]))
-        grad_b2 = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+                rows = grad_x[first:last, first_row * w:last_row * w].reshape(-1, x.shape[-1])
+                if rows.dtype == mdt:
+                    torch.mm(grad_a, w1_m, out=rows)
+                else:
+                    rows.copy_(grad_a.mm(w1_m))
+        grad_b2 = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=w2.dtype)
         grads = (grad_w1, grad_b1, grad_cw, grad_cb, grad_w2, grad_b2)
-        return (grad_x, None, None, None, *(g if need else None for g, need in zip(grads, needs[4:])))
+        return (grad_x, None, None, None, *(g if need else None for g, need in zip(grads, needs[4:10])), None)
 
 
 # Hidden activations (elements) of one band of token rows in chunked CPU inference: 16 MB in fp32, which stays in
@@ -513,9 +541,9 @@ class Mlp(nn.Module):
     chunked: CPU inference runs the FFN over bands of token rows (``_MLP_BAND_ELEMENTS`` hidden activations each;
     v2's depthwise conv gets one extra row above and below), so that the hidden activations are read back from
     the cache instead of memory: same outputs, faster.
-    chunked_training: fp32 CPU training runs the whole FFN band by band and saves only its input
-    (``_BandedMlp``): same gradients, faster and leaner; ``recompute_gelu`` then only matters elsewhere (GPU,
-    autocast).
+    chunked_training: CPU training, in fp32 or under bf16 autocast, runs the whole FFN band by band and saves only
+    its input (``_BandedMlp``): same gradients, faster and leaner; ``recompute_gelu`` then only matters elsewhere
+    (GPU, other autocast dtypes).
     """
 
     def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, relu: bool = False,
@@ -561,22 +589,24 @@ class Mlp(nn.Module):
             out[:, top * w:bottom * w] = self._infer_rows(band_x, hi - lo, w, top - lo, bottom - top)
         return out
 
-    def _trains_banded(self, x: torch.Tensor) -> bool:
-        """Whether this call runs ``_BandedMlp``: chunked_training, fp32 on the CPU with autograd, no autocast."""
-        return (self.chunked_training and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.fc1.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and (x.requires_grad or self.fc1.weight.requires_grad) and self.fc1.bias is not None
-                and self.fc2.bias is not None and (self.dwconv is None or self.dwconv.bias is not None)
-                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+    def _banded_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
+        """The matmul dtype of ``_BandedMlp`` if this call runs it (chunked_training, on the CPU with autograd, in
+        fp32 or under bf16 autocast: ``_cpu_matmul_dtype``), else None."""
+        if not (self.chunked_training and (x.requires_grad or self.fc1.weight.requires_grad)
+                and self.fc1.bias is not None and self.fc2.bias is not None
+                and (self.dwconv is None or self.dwconv.bias is not None)):
+            return None
+        return _cpu_matmul_dtype(x, self.fc1)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self._infer(x, h, w)
-        if self._trains_banded(x):
+        banded = self._banded_dtype(x)
+        if banded is not None:
             conv_w, conv_b = (None, None) if self.dwconv is None else (self.dwconv.weight, self.dwconv.bias)
             grid = (h, w) if self.dwconv is not None else (x.shape[1], 1)  # without the conv, any rows of tokens
             return _BandedMlp.apply(x, *grid, self.relu, self.fc1.weight, self.fc1.bias, conv_w, conv_b,
-                                    self.fc2.weight, self.fc2.bias)
+                                    self.fc2.weight, self.fc2.bias, banded)
         x = _linear(x, self.fc1, self.onednn)
         if self.relu:
             x = F.relu(x, inplace=True)
@@ -649,10 +679,11 @@ class PVT(nn.Module):
             in tracing and in ``torch.compile``.
         chunked_mlp_inference: on the CPU without autograd, run each FFN over bands of token rows whose hidden
             activations fit in the CPU cache (same outputs; pvt_small forward at 800x1344 ~10% faster).
-        chunked_mlp_training: in fp32 training on the CPU, run each whole FFN band by band (rows of one image, or
-            several small images) and keep only its input for the backward, which recomputes fc1, the conv and the
-            GELU band by band (``_BandedMlp``): no hidden-size tensor is ever whole; same gradients, faster and
-            leaner. Other devices, dtypes and autocast use ``recompute_gelu``'s formulation.
+        chunked_mlp_training: in training on the CPU (fp32, or bf16 autocast), run each whole FFN band by band
+            (rows of one image, or several small images) and keep only its input for the backward, which recomputes
+            fc1, the conv and the GELU band by band (``_BandedMlp``): no hidden-size tensor is ever whole; same
+            gradients, faster and leaner. Other devices, dtypes and autocast dtypes use ``recompute_gelu``'s
+            formulation.
         in_chans: image channels.
         pretrain_img_size: v1 only: the square image size (pixels) that the position embeddings were learned at;
             they hold one row per token of that grid (224 -> 56, 28, 14, 7; stage 4 adds a cls-token row).
