@@ -162,8 +162,13 @@ def _onednn_dtype(x: torch.Tensor, layer: nn.Module) -> Optional[torch.dtype]:
     return None if torch.is_grad_enabled() else _cpu_matmul_dtype(x, layer)
 
 
-def _params_in(layer: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    return layer.weight.to(dtype), None if layer.bias is None else layer.bias.to(dtype)
+def _in_dtype(dtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    """The tensors in ``dtype`` (None stays None; no copy of those already in it)."""
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _params_in(layer: nn.Module, dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
+    return _in_dtype(dtype, layer.weight, layer.bias)
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear, onednn: bool, gelu: bool = False) -> torch.Tensor:
@@ -441,8 +446,7 @@ class _BandedMlp(torch.autograd.Function):
         ctx.save_for_backward(x, w1, b1, conv_w, conv_b, w2)
         ctx.geometry = (h, w, relu, matmul_dtype)
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
-        w1, b1, conv_w, conv_b, w2, b2 = (None if t is None else t.to(matmul_dtype)
-                                          for t in (w1, b1, conv_w, conv_b, w2, b2))
+        w1, b1, conv_w, conv_b, w2, b2 = _in_dtype(matmul_dtype, w1, b1, conv_w, conv_b, w2, b2)
         bands = _train_bands(x.shape[0], h, w, hidden)
         buf = _band_buffer(bands, h, w, w1, halo)
         out = x.new_empty((*x.shape[:2], w2.shape[0]), dtype=matmul_dtype)
@@ -469,7 +473,7 @@ class _BandedMlp(torch.autograd.Function):
         h, w, relu, mdt = ctx.geometry
         needs = ctx.needs_input_grad  # x, h, w, relu, w1, b1, conv_w, conv_b, w2, b2, matmul_dtype
         hidden, halo = w1.shape[0], 0 if conv_w is None else 1
-        w1_m, b1_m, conv_w_m, conv_b_m, w2_m = (None if t is None else t.to(mdt) for t in (w1, b1, conv_w, conv_b, w2))
+        w1_m, b1_m, conv_w_m, conv_b_m, w2_m = _in_dtype(mdt, w1, b1, conv_w, conv_b, w2)
         bands = _train_bands(x.shape[0], h, w, hidden)
         buf = _band_buffer(bands, h, w, w1_m, halo)
         grad_out = grad_out.to(mdt).contiguous()
