@@ -308,6 +308,35 @@ def test_chunked_mlp_training_gives_weight_gradients_for_an_input_without_one_an
     assert mlp.fc1.weight.grad is None and mlp.fc2.weight.grad is not None
 
 
+def test_training_attention_splits_queries_across_threads_with_the_same_outputs_and_gradients(monkeypatch):
+    """With fewer (image, head) pairs than threads, CPU training runs attention with the queries split into more
+    heads (PyTorch's CPU attention backward runs one thread per pair); outputs and gradients stay the same."""
+    torch.manual_seed(0)
+    model = _perturbed(_pvt("pvt_v2_b0"))
+    x = torch.randn(1, 3, 100, 132)  # stage 1: 25 x 33 = 825 tokens, not a multiple of the split: padded queries
+    heads = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v: heads.append(q.shape[1]) or sdpa(q, k, v))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    expected_out = [o.detach() for o in model(x)]
+    expected = _grads(model, x)
+    assert heads[:2] == [1, 1]  # one thread: nothing to split
+    heads.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    model.zero_grad(set_to_none=True)
+    got = _grads(model, x)
+    assert heads[:2] == [4, 4]  # stage 1 (1 head) split in 4
+    for a, b in zip(model(x), expected_out):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
+    heads.clear()
+    with torch.no_grad():  # inference: the forward already uses every thread
+        model(x)
+    assert heads[:2] == [1, 1]
+
+
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])
 def test_checkpoint_activations_gives_equal_gradients_and_saves_less(arch):
     torch.manual_seed(0)
