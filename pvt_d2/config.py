@@ -30,8 +30,8 @@ def add_pvt_config(cfg: CN) -> None:
     # Recompute block activations in the backward pass (torch.utils.checkpoint): less memory, one more block forward.
     cfg.MODEL.PVT.CHECKPOINT_ACTIVATIONS = False
     # Keep each FFN's GELU input, not its output, for the backward and recompute the GELU (v2: keep the depthwise
-    # conv's input and recompute the conv and the GELU): less memory, same gradients. Used on GPUs, under autocast
-    # and wherever CHUNKED_MLP_TRAINING does not apply.
+    # conv's input and recompute the conv and the GELU): less memory, same gradients. Used wherever
+    # CHUNKED_MLP_TRAINING does not apply: GPUs, fp16 autocast, or with that switch off.
     cfg.MODEL.PVT.RECOMPUTE_GELU = True
     # CPU inference (fp32 or bf16 autocast): oneDNN linears with the bias (and v1's GELU) fused, v2's dwconv + GELU
     # fused: faster.

@@ -496,7 +496,7 @@ class _BandedMlp(torch.autograd.Function):
         w1_m, b1_m, conv_w_m, conv_b_m, w2_m = _in_dtype(mdt, w1, b1, conv_w, conv_b, w2)
         bands = _train_bands(x.shape[0], h, w, hidden)
         buf = _band_buffer(bands, h, w, w1_m, halo)
-        grad_out = grad_out.to(mdt).contiguous()
+        grad_out = grad_out.contiguous()  # in the output's dtype, mdt
         grad_x = torch.empty_like(x) if needs[0] else None
         grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
         grad_cw = grad_cb = None
@@ -509,15 +509,15 @@ class _BandedMlp(torch.autograd.Function):
             whole = _whole_images(band, h)
             a = _band_fc1(x, band, h, w, halo, buf, w1_m, b1_m, relu)
             pad = [1 if whole else 0, 1]
-            y = a if conv_w is None else _band_tokens(
-                F.conv2d(_band_map(a, w, last - first), conv_w_m, conv_b_m, 1, pad, 1, hidden))
+            a_map = None if conv_w is None else _band_map(a, w, last - first)
+            y = a if conv_w is None else _band_tokens(F.conv2d(a_map, conv_w_m, conv_b_m, 1, pad, 1, hidden))
             g_out = grad_out[first:last, top * w:bottom * w].reshape(-1, grad_out.shape[-1])
             grad_y = _gelu_linear_grads(g_out, y, w2_m, True, grad_w2, in_place=False)
             first_row, last_row = top, bottom
             if conv_w is not None:
                 grad_y_map = _band_map(grad_y, w, last - first)
                 _, part_w, part_b = torch.ops.aten.convolution_backward(
-                    grad_y_map, _band_map(a, w, last - first), conv_w_m, [hidden], [1, 1], pad, [1, 1], False,
+                    grad_y_map, a_map, conv_w_m, [hidden], [1, 1], pad, [1, 1], False,
                     [0, 0], hidden, [False, True, True])
                 grad_cw += part_w
                 grad_cb += part_b
