@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from pvt_d2.benchmark import (BenchmarkJob, UnfusedPVT, format_result, gemm_peak, main, reference_backbone,
-                              run_benchmark)
-from pvt_d2.modeling import pvt as pvt_module
+from pvt_d2.benchmark import BenchmarkJob, format_result, gemm_peak, main, run_benchmark
+from pvt_d2.modeling import fast_ops
 from pvt_d2.modeling.pvt import PVT, Mlp
+from pvt_d2.reference import UnfusedPVT, reference_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1_CFG = os.path.join(ROOT, "configs/Synthetic/mask_rcnn_pvt_tiny_shapes.yaml")
@@ -253,10 +253,10 @@ def test_recompute_gelu_under_bf16_autocast_gives_equal_gradients():
 # (tiny_li)
 @pytest.mark.parametrize("arch,most", [("pvt_tiny", 0.6), ("pvt_v2_b0", 0.62), ("tiny_li", 0.72)])
 def test_chunked_mlp_training_gives_equal_gradients_and_saves_less(arch, most, monkeypatch):
-    monkeypatch.setattr(pvt_module, "_TRAIN_BAND_ELEMENTS", 40000)  # several bands per image, the last one shorter
+    monkeypatch.setattr(fast_ops, "_TRAIN_BAND_ELEMENTS", 40000)  # several bands per image, the last one shorter
     calls = []
-    banded = pvt_module._BandedMlp.apply
-    monkeypatch.setattr(pvt_module._BandedMlp, "apply", lambda *args: calls.append(1) or banded(*args))
+    banded = fast_ops.BandedMlp.apply
+    monkeypatch.setattr(fast_ops.BandedMlp, "apply", lambda *args: calls.append(1) or banded(*args))
     torch.manual_seed(0)
     plain, banded_model = _switched_pair(arch, "chunked_mlp_training", drop_path_rate=0.2)
     x = torch.randn(2, 3, 100, 132)  # odd grids: 25 x 33 tokens in stage 1
@@ -268,10 +268,10 @@ def test_chunked_mlp_training_gives_equal_gradients_and_saves_less(arch, most, m
 # to fp32) at most 0.007 above the plain bf16 path's
 @pytest.mark.parametrize("arch,most", [("pvt_tiny", 0.7), ("pvt_v2_b0", 0.66), ("tiny_li", 0.72)])
 def test_chunked_mlp_training_under_bf16_autocast_runs_in_bf16_as_accurately_and_saves_less(arch, most, monkeypatch):
-    monkeypatch.setattr(pvt_module, "_TRAIN_BAND_ELEMENTS", 40000)
+    monkeypatch.setattr(fast_ops, "_TRAIN_BAND_ELEMENTS", 40000)
     dtypes = []
-    banded = pvt_module._BandedMlp.apply
-    monkeypatch.setattr(pvt_module._BandedMlp, "apply", lambda *args: dtypes.append(args[-1]) or banded(*args))
+    banded = fast_ops.BandedMlp.apply
+    monkeypatch.setattr(fast_ops.BandedMlp, "apply", lambda *args: dtypes.append(args[-1]) or banded(*args))
     torch.manual_seed(0)
     plain, banded_model = _switched_pair(arch, "chunked_mlp_training")
     x = torch.randn(2, 3, 100, 132)
@@ -346,16 +346,16 @@ def test_checkpoint_activations_gives_equal_gradients_and_saves_less(arch):
 
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
 def test_onednn_inference_gives_the_same_outputs(arch, monkeypatch):
-    if pvt_module._ONEDNN_LINEAR is None:
+    if fast_ops._ONEDNN_LINEAR is None:
         pytest.skip("this PyTorch has no oneDNN fused linear")
     calls = []
-    fused = pvt_module._ONEDNN_LINEAR
+    fused = fast_ops._ONEDNN_LINEAR
 
     def counting(*args):
         calls.append(args[3])
         return fused(*args)
 
-    monkeypatch.setattr(pvt_module, "_ONEDNN_LINEAR", counting)
+    monkeypatch.setattr(fast_ops, "_ONEDNN_LINEAR", counting)
     torch.manual_seed(0)
     plain, fast = (m.eval() for m in _switched_pair(arch, "onednn_inference"))
     x = torch.randn(2, 3, 96, 128)
@@ -371,16 +371,16 @@ def test_onednn_inference_gives_the_same_outputs(arch, monkeypatch):
 
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0"])
 def test_onednn_inference_under_bf16_autocast_runs_in_bf16_with_the_same_outputs(arch, monkeypatch):
-    if pvt_module._ONEDNN_LINEAR is None:
+    if fast_ops._ONEDNN_LINEAR is None:
         pytest.skip("this PyTorch has no oneDNN fused linear")
     dtypes = []
-    fused = pvt_module._ONEDNN_LINEAR
+    fused = fast_ops._ONEDNN_LINEAR
 
     def recording(x, *args):
         dtypes.append(x.dtype)
         return fused(x, *args)
 
-    monkeypatch.setattr(pvt_module, "_ONEDNN_LINEAR", recording)
+    monkeypatch.setattr(fast_ops, "_ONEDNN_LINEAR", recording)
     torch.manual_seed(0)
     plain, fast = (_perturbed(m).eval() for m in _switched_pair(arch, "onednn_inference"))
     x = torch.randn(1, 3, 96, 128)
@@ -397,7 +397,7 @@ def test_onednn_inference_under_bf16_autocast_runs_in_bf16_with_the_same_outputs
 
 @pytest.mark.parametrize("arch", ["pvt_tiny", "pvt_v2_b0", "tiny_li"])
 def test_chunked_mlp_inference_gives_the_same_outputs(arch, monkeypatch):
-    monkeypatch.setattr(pvt_module, "_MLP_BAND_ELEMENTS", 70000)  # stage 1-2: 2-row bands, the last one shorter
+    monkeypatch.setattr(fast_ops, "_MLP_BAND_ELEMENTS", 70000)  # stage 1-2: 2-row bands, the last one shorter
     plain, chunked = (m.eval() for m in _switched_pair(arch, "chunked_mlp_inference"))
     x = torch.randn(2, 3, 100, 132)
     with torch.no_grad():

@@ -219,13 +219,13 @@ def test_classifier_loads_authors_layout_strictly():
 
 @pytest.mark.parametrize("arch", ["pvt_v2_b0", "pvt_tiny"])
 def test_stage_outputs_pass_a_contiguous_gradient_back_and_the_same_gradients(arch, monkeypatch):
-    import pvt_d2.modeling.pvt as pvt_module
+    from pvt_d2.modeling import fast_ops
 
     torch.manual_seed(0)
     model = PVT(arch)
     x = torch.randn(2, 3, 64, 96)
     seen = []
-    original = pvt_module._ContiguousGrad.backward
+    original = fast_ops.ContiguousGrad.backward
 
     def recording(ctx, grad):
         out = original(ctx, grad)
@@ -237,11 +237,11 @@ def test_stage_outputs_pass_a_contiguous_gradient_back_and_the_same_gradients(ar
         sum((o.float() ** 2).mean() for o in model(x)).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    monkeypatch.setattr(pvt_module._ContiguousGrad, "backward", staticmethod(recording))
+    monkeypatch.setattr(fast_ops.ContiguousGrad, "backward", staticmethod(recording))
     with_fix = grads()
     assert len(seen) == 4 and all(out for _, out in seen)
     assert not all(incoming for incoming, _ in seen)  # the NCHW loss gradient does arrive strided
-    monkeypatch.setattr(pvt_module._ContiguousGrad, "apply", staticmethod(lambda t: t))
+    monkeypatch.setattr(fast_ops.ContiguousGrad, "apply", staticmethod(lambda t: t))
     without = grads()
     for name in with_fix:
         torch.testing.assert_close(with_fix[name], without[name], atol=1e-6, rtol=1e-5, msg=name)
