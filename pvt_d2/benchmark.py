@@ -29,13 +29,13 @@ to start, memory figures then only approximate). Both ours and the reference run
 formulation of the backbone (``pvt_d2.reference``) and prints ours / reference ratios. ``--reference-kind`` picks
 it: ``timm`` is timm's ``pvt_v2_*`` (``features_only``; standard v2 variants, timm installed), ``unfused`` is
 ``UnfusedPVT``, the formulation of the authors' detection code for v1 and v2 alike (explicit softmax(q kᵀ) v
-attention, v1 position embeddings resized on every forward, contiguous stage outputs), and ``auto`` (the default)
-is timm where it applies, else unfused. timm's attention is fused (``F.scaled_dot_product_attention``), the
-authors' is not, so for v2 the two references differ in speed and memory, not in outputs. In the ``inference``
-and ``train-full`` tasks the reference replaces the PVT inside the whole model. ``--rounds R`` measures ours and the reference alternately R
-times (each round a fresh process with its own warm-up) and pools each side's timed iterations: on a host whose
-speed drifts (a shared cloud machine: up to ~20% within an hour here) both sides then see the same drift, where
-one round each can put ours in a slow phase and the reference in a fast one.
+attention, v1 position embeddings resized on every forward, contiguous stage outputs), and ``auto`` (the default) is
+timm where it applies, else unfused. timm's attention is fused (``F.scaled_dot_product_attention``), the authors' is
+not, so for v2 the two references differ in speed and memory, not in outputs. In the ``inference`` and
+``train-full`` tasks the reference replaces the PVT inside the whole model. ``--rounds R`` measures ours and the
+reference alternately R times (each round a fresh process with its own warm-up) and pools each side's timed
+iterations: on a host whose speed drifts (a shared cloud machine: up to ~20% within an hour here) both sides then
+see the same drift, where one round each can put ours in a slow phase and the reference in a fast one.
 """
 from __future__ import annotations
 
