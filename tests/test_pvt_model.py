@@ -7,6 +7,7 @@ import pvt_d2  # noqa: F401  (compat fixes first)
 from pvt_d2.checkpoint import to_pvt_state_dict
 from pvt_d2.modeling.classifier import PVTClassifier
 from pvt_d2.modeling.pvt import PVT, PVT_ARCHS
+from pvt_helpers import perturbed
 
 # PVT_FACTS.md section 3: (classifier, detection backbone)
 PARAM_COUNTS = {
@@ -68,11 +69,7 @@ def test_stochastic_depth_ramps_linearly_over_all_blocks():
 def test_v2_b0_matches_timm_features_with_converted_weights(size):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    reference = timm.create_model("pvt_v2_b0", pretrained=False, features_only=True).eval()
-    with torch.no_grad():  # non-trivial norms and biases so that every parameter matters
-        for p in reference.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
+    reference = perturbed(timm.create_model("pvt_v2_b0", pretrained=False, features_only=True)).eval()
     model = PVT("pvt_v2_b0").eval()
     model.load_state_dict(to_pvt_state_dict(reference.state_dict()), strict=True)
     x = torch.randn(2, 3, *size)
