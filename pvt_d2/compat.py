@@ -18,6 +18,7 @@ import inspect
 import logging
 import sys
 import types
+import warnings
 from typing import List
 
 __all__ = ["apply", "applied", "has_compiled_ops", "CompiledOpUnavailable"]
@@ -355,6 +356,32 @@ def _fix_weights_only() -> None:
     _APPLIED.append("weights_only allow-list for numpy arrays/scalars in checkpoints (torch >= 2.6)")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# ``torch.jit.script`` deprecation warnings at import (torch 2.14 here)
+# Symptom: every command prints ``FutureWarning: `torch.jit.script` is deprecated`` a few times: fvcore's
+# nn/focal_loss.py and detectron2's modeling/box_regression.py script functions when they are imported, and our
+# models run neither scripted function. Fix: import those two modules once with exactly this warning ignored; any
+# other warning raised meanwhile is shown as usual, and user code that scripts still gets the warning.
+# ----------------------------------------------------------------------------------------------------------------
+_SCRIPTING_AT_IMPORT = ("fvcore.nn.focal_loss", "detectron2.modeling.box_regression")
+_JIT_SCRIPT_DEPRECATED = "`torch.jit.script` is deprecated"
+
+
+def _fix_jit_script_warnings() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in _SCRIPTING_AT_IMPORT:
+            importlib.import_module(name)
+    quieted = False
+    for w in caught:
+        if issubclass(w.category, FutureWarning) and str(w.message).startswith(_JIT_SCRIPT_DEPRECATED):
+            quieted = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if quieted:
+        _APPLIED.append("torch.jit.script deprecation warnings at fvcore/detectron2 import silenced")
+
+
 def apply() -> None:
     """Apply every needed fix once. Called by ``import pvt_d2``."""
     global _DONE
@@ -364,6 +391,7 @@ def apply() -> None:
     # Order: the two import-time fixes first, then fixes that import detectron2 modules.
     _fix_pillow()
     _fix_compiled_ops()
+    _fix_jit_script_warnings()  # before any fix below imports these modules
     _fix_pkg_resources()
     _fix_caffe2()
     _fix_numpy_aliases()
