@@ -382,6 +382,38 @@ def _fix_jit_script_warnings() -> None:
         _APPLIED.append("torch.jit.script deprecation warnings at fvcore/detectron2 import silenced")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# ``torch.meshgrid`` without ``indexing`` in detectron2's anchor generator
+# Symptom: ``UserWarning: torch.meshgrid: in an upcoming release, it will be required to pass the indexing
+# argument`` at the first step of every RetinaNet and R-CNN run (modeling/anchor_generator.py calls
+# ``torch.meshgrid(shifts_y, shifts_x)``, meaning today's default, "ij"). Fix: that one function runs with exactly
+# this warning ignored. torch gives it once per process, so a later call of one's own without indexing is silent too.
+# ----------------------------------------------------------------------------------------------------------------
+_MESHGRID_INDEXING = r"torch\.meshgrid: in an upcoming release"
+
+
+def _fix_meshgrid_warning() -> None:
+    import torch
+
+    if "indexing" not in inspect.signature(torch.meshgrid).parameters:
+        return  # torch < 1.10: no indexing argument, no warning
+    from detectron2.modeling import anchor_generator
+
+    original = anchor_generator._create_grid_offsets
+    if getattr(original, "_pvt_d2_quiet", False):
+        return
+
+    @functools.wraps(original)
+    def _create_grid_offsets(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MESHGRID_INDEXING, category=UserWarning)
+            return original(*args, **kwargs)
+
+    _create_grid_offsets._pvt_d2_quiet = True
+    anchor_generator._create_grid_offsets = _create_grid_offsets
+    _APPLIED.append("torch.meshgrid indexing warning in detectron2's anchor generator silenced")
+
+
 def apply() -> None:
     """Apply every needed fix once. Called by ``import pvt_d2``."""
     global _DONE
@@ -398,6 +430,7 @@ def apply() -> None:
     _fix_cpu_distributed()
     _fix_coco_fast_path()
     _fix_weights_only()
+    _fix_meshgrid_warning()
 
 
 def applied() -> List[str]:

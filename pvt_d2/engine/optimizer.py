@@ -4,7 +4,6 @@ Gradient clipping is not done here: the train loop clips after unscaling AMP gra
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List
 
 import torch
@@ -16,7 +15,6 @@ from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 
 __all__ = ["build_optimizer", "build_lr_scheduler", "optimizer_param_groups"]
 
-logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
     torch.nn.modules.batchnorm._NormBase,
@@ -79,8 +77,6 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     """detectron2's schedulers plus "WarmupPolyLR" (the segmentation recipe: ``(1 - t)**POLY_POWER`` to 0)."""
     s = cfg.SOLVER
     if s.LR_SCHEDULER_NAME != "WarmupPolyLR":
-        if s.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and any(step > s.MAX_ITER for step in s.STEPS):
-            logger.warning("SOLVER.STEPS %s go beyond SOLVER.MAX_ITER=%d; those are ignored", s.STEPS, s.MAX_ITER)
         return d2_build_lr_scheduler(cfg, optimizer)
     sched = PolynomialDecayParamScheduler(1.0, s.POLY_POWER)
     sched = WarmupParamScheduler(sched, s.WARMUP_FACTOR, min(s.WARMUP_ITERS / s.MAX_ITER, 1.0), s.WARMUP_METHOD)
