@@ -14,6 +14,8 @@ from typing import Any, List, Optional
 
 import torch
 
+from .cli import help_description
+
 __all__ = ["sdpa_flop_handle", "flop_analysis", "backbone_gflops", "main"]
 
 
@@ -54,7 +56,7 @@ def backbone_gflops(arch: str, size=(224, 224)) -> float:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvt_d2.analyze", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pvt_d2.analyze", description=help_description(__doc__))
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--tasks", nargs="+", choices=["parameter", "flop"], default=["parameter", "flop"])
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),

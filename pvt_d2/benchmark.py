@@ -55,6 +55,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .cli import help_description
 from .reference import REFERENCE_KINDS, ReferenceAsBackbone, reference_backbone
 
 __all__ = [
@@ -598,7 +599,7 @@ def _ratio_line(ours: BenchmarkResult, ref: BenchmarkResult) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvt_d2.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pvt_d2.benchmark", description=help_description(__doc__))
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--task", nargs="+", default=["backbone"], metavar="TASK",
                         help=f"one or more of {', '.join(TASKS)} (default: backbone)")

@@ -14,13 +14,14 @@ from typing import List, Optional
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import CheckpointError, detect_arch, to_detectron2_checkpoint
+from .cli import help_description
 from .engine.checkpointer import atomic_torch_save
 
 __all__ = ["main"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvt_d2.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pvt_d2.convert", description=help_description(__doc__))
     parser.add_argument("src", help="weights file: .pth/.pt/.bin/.safetensors, flat or wrapped in model/state_dict")
     parser.add_argument("dst", help="output detectron2 checkpoint (.pth)")
     parser.add_argument("--arch", default=None, help="fail unless the weights are of this variant (e.g. pvt_small)")

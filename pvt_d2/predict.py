@@ -11,11 +11,13 @@ from typing import List, Optional
 
 from detectron2.utils.logger import setup_logger
 
+from .cli import help_description
+
 __all__ = ["main"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvt_d2.predict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pvt_d2.predict", description=help_description(__doc__))
     parser.add_argument("--config-file", required=True, help="a config under configs/")
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or directories of images")
     parser.add_argument("--output", required=True, help="directory for the drawn images (created)")

@@ -1,4 +1,5 @@
 """End to end through the real command lines on the bundled shapes dataset, with a tiny schedule."""
+import importlib
 import json
 import os
 import subprocess
@@ -106,3 +107,17 @@ def test_bad_config_key_names_the_key(tmp_path):
     proc = subprocess.run([sys.executable, "train_net.py", "--config-file", CFG, "MODEL.PVT.ARCHH", "x"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "MODEL.PVT.ARCHH" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "analyze", "convert", "benchmark"])
+def test_help_gives_the_commands_whole_usage_line(command, capsys):
+    from pvt_d2.cli import help_description
+
+    module = importlib.import_module(f"pvt_d2.{command}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse re-wraps the text
+    assert "``" not in shown
+    assert "".join(help_description(module.__doc__).split()) in shown
+    assert f"python -m pvt_d2.{command}" in help_description(module.__doc__)
