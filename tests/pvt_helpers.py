@@ -1,7 +1,11 @@
-"""Model helpers shared by the test files."""
+"""Helpers shared by the test files: the repository root and small PVT models."""
+import os
+
 import torch
 
 from pvt_d2.modeling.pvt import PVT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def make_pvt(arch, **kwargs):

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from pvt_d2.analyze import backbone_gflops, main, sdpa_flop_handle
+from pvt_helpers import ROOT
 
 # ../shared/PVT_FACTS.md §3: backbone GFLOPs at 224x224, attention matmuls included.
 PAPER_GFLOPS = dict(pvt_tiny=1.94, pvt_small=3.83, pvt_medium=6.69, pvt_large=9.85, pvt_v2_b0=0.57, pvt_v2_b1=2.12,
                     pvt_v2_b2_li=3.91, pvt_v2_b2=4.05, pvt_v2_b3=6.92, pvt_v2_b4=10.14, pvt_v2_b5=11.76)
 FAST = ("pvt_tiny", "pvt_v2_b0", "pvt_v2_b2_li")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("arch", [a if a in FAST else pytest.param(a, marks=pytest.mark.slow) for a in PAPER_GFLOPS])

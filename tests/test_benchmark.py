@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pvt_d2.benchmark import BenchmarkJob, format_result, gemm_peak, main, run_benchmark
+from pvt_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1_CFG = os.path.join(ROOT, "configs/Synthetic/mask_rcnn_pvt_tiny_shapes.yaml")
 V2_CFG = os.path.join(ROOT, "configs/Synthetic/retinanet_pvt_v2_b0_shapes.yaml")
 TINY = dict(size=(64, 64), iters=2, warmup=1, threads=1)  # 1 thread: steadier on a shared machine

@@ -11,6 +11,7 @@ import torch
 
 import pvt_d2  # noqa: F401  (applies the fixes)
 from pvt_d2 import compat
+from pvt_helpers import ROOT
 
 D2_MODULES = [
     "config", "data", "engine", "evaluation", "modeling", "checkpoint",
@@ -188,7 +189,7 @@ def test_import_and_a_detector_step_print_no_third_party_deprecation_warnings():
         "warnings.warn('still shown')\n"
     )
     result = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+                            cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "torch.jit.script" not in result.stderr
     assert "still shown" in result.stderr

@@ -12,8 +12,8 @@ from detectron2.utils.events import EventStorage
 
 from pvt_d2 import Trainer, setup_cfg
 from pvt_d2.engine.optimizer import build_optimizer
+from pvt_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
     c for c in glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))
     if os.path.basename(c).startswith(("mask_rcnn_", "retinanet_"))

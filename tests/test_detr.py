@@ -24,8 +24,8 @@ from pvt_d2.modeling.detr import (
     Detr, HungarianMatcher, SetCriterion, SinePositionalEncoding, Transformer, box_cxcywh_to_xyxy,
     generalized_box_iou,
 )
+from pvt_helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETR_CONFIGS = sorted(
     [os.path.join(ROOT, "configs", "Base-PVT-DETR.yaml")]
     + glob.glob(os.path.join(ROOT, "configs", "COCO-Detection", "detr_*.yaml"))
