@@ -7,6 +7,7 @@
     python train_net.py --config-file CFG --num-gpus 2                   # processes; gloo when there is no GPU
 """
 import logging
+import os
 import time
 
 import pvt_d2
@@ -23,7 +24,8 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pvt_d2", abbrev_name="pvt_d2")
     logger.info("detectron2 compatibility fixes in effect: %s", pvt_d2.compat.applied() or "none")
-    logger.info("freed CPU memory kept for reuse (pvt_d2.cpu_allocator): %s", pvt_d2.keep_freed_memory())
+    logger.info("freed CPU memory kept for reuse (pvt_d2.cpu_allocator): %s; glibc tunables: %s",
+                pvt_d2.keep_freed_memory(), os.environ.get("GLIBC_TUNABLES", "none"))
     return cfg
 
 
@@ -55,6 +57,7 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    pvt_d2.cpu_allocator.restart_with_tuned_malloc()  # once, before any work: glibc reads its tunables at start-up
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

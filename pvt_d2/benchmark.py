@@ -23,7 +23,8 @@ CPU, the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) 
 model was built. Each measured task runs in a fresh child process (multiprocessing "spawn"), so memory freed by
 one task but kept by the C allocator never hides the next task's use; ``--no-isolate`` runs in this process (faster
 to start, memory figures then only approximate). Both ours and the reference run with
-``pvt_d2.cpu_allocator.keep_freed_memory()``, as ``train_net.py`` does (``PVT_D2_KEEP_FREED_MEMORY=0``: without).
+``pvt_d2.cpu_allocator``'s malloc tuning, as ``train_net.py`` does (``PVT_D2_KEEP_FREED_MEMORY=0``: without; with
+``--no-isolate`` only its ``keep_freed_memory()`` part).
 
 ``--reference`` also measures, in the same run and on the same weights (shared tensors, not copies), a plain eager
 formulation of the backbone (``pvt_d2.reference``) and prints ours / reference ratios. ``--reference-kind`` picks
@@ -509,10 +510,13 @@ def _run_isolated(job: BenchmarkJob) -> BenchmarkResult:
     """``run_job`` in a fresh (spawned, non-daemonic: the data task starts loader workers) process."""
     import multiprocessing
 
+    from .cpu_allocator import tuned_malloc_for_new_processes
+
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(job, sender))
-    proc.start()
+    with tuned_malloc_for_new_processes():  # glibc's tunables as train_net.py runs with (ours and the reference alike)
+        proc.start()
     sender.close()
     try:
         status, payload = receiver.recv()
