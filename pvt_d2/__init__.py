@@ -12,7 +12,7 @@ from .modeling import PVT, PVT_ARCHS, Detr, PVTBackbone, PVTClassifier, Semantic
 from .data.shapes import ensure_shapes_generated, register_shapes_datasets  # noqa: E402
 from .engine import PVTCheckpointer, Trainer, summarize_results  # noqa: E402
 from .predictor import Predictor, visualize_images, visualize_test_set  # noqa: E402
-from .cpu_allocator import keep_freed_memory  # noqa: E402
+from .cpu_allocator import keep_freed_memory, restart_with_tuned_malloc  # noqa: E402
 
 register_shapes_datasets()
 
@@ -22,5 +22,5 @@ __all__ = [
     "compat", "add_pvt_config", "setup_cfg", "PVT", "PVT_ARCHS", "PVTBackbone", "PVTClassifier", "Detr",
     "SemanticFPNHead",
     "ensure_shapes_generated", "register_shapes_datasets", "PVTCheckpointer", "Trainer", "summarize_results",
-    "Predictor", "visualize_images", "visualize_test_set", "keep_freed_memory",
+    "Predictor", "visualize_images", "visualize_test_set", "keep_freed_memory", "restart_with_tuned_malloc",
 ]

@@ -26,8 +26,8 @@ process id, ``exec``) with the tunable added, once, before any work, and ``tuned
 it to the processes started within it. Measured on the project's 2-core CPU (interleaved runs, same outputs): the
 quick start's training peak RSS 2.13 / 2.39 GiB -> 1.62 / 1.62 GiB at 0.81 / 0.76 -> 0.76 / 0.72 s per iteration;
 pvt_v2_b2 at 800x1344, backbone forward +382 / +414 -> +214 / +240 MiB, train step (batch 2) +2.61 / +2.50 -> +2.14
-/ +2.19 GiB at 11.15 / 10.79 -> 10.81 / 10.56 s. In scripts of one's own, start Python with that variable set for
-the same effect.
+/ +2.19 GiB at 11.15 / 10.79 -> 10.81 / 10.56 s. In scripts of one's own, start Python with that variable set or
+call ``restart_with_tuned_malloc()`` first thing (``pvt_d2`` exports it).
 
 Set ``PVT_D2_KEEP_FREED_MEMORY=0`` to leave malloc alone (neither tuning); where the C library is not glibc (macOS,
 musl) nothing is done.
