@@ -9,13 +9,16 @@ import pytest
 _PROBE = "import pvt_d2.cpu_allocator as a; print(a.keep_freed_memory(), a.keep_freed_memory())"
 
 
+def _untuned_env(**extra):
+    """This environment without the tuning's variables (PVT_D2_KEEP_FREED_MEMORY, GLIBC_TUNABLES), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PVT_D2_KEEP_FREED_MEMORY", "GLIBC_TUNABLES")}
+    return {**env, **extra}
+
+
 def _run_python(code, env_value=None):
     """stdout words of ``code`` run in a fresh interpreter (the tuning is process-wide), with
     PVT_D2_KEEP_FREED_MEMORY unset or set to ``env_value``."""
-    env = dict(os.environ)
-    env.pop("PVT_D2_KEEP_FREED_MEMORY", None)
-    if env_value is not None:
-        env["PVT_D2_KEEP_FREED_MEMORY"] = env_value
+    env = _untuned_env() if env_value is None else _untuned_env(PVT_D2_KEEP_FREED_MEMORY=env_value)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.split()
 
@@ -93,8 +96,7 @@ print("work", os.getpid(), os.environ.get("GLIBC_TUNABLES", "none"))
 
 @_GLIBC
 def test_restart_runs_the_command_again_in_place_once_with_the_tunable():
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PVT_D2_KEEP_FREED_MEMORY")}
-    out = subprocess.run([sys.executable, "-c", _RESTART], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _RESTART], env=_untuned_env(), capture_output=True, text=True,
                          check=True).stdout.split("\n")
     pid = out[0].split()[1]
     assert out[:3] == [f"start {pid} none", f"start {pid} glibc.malloc.tcache_count=0",
@@ -103,11 +105,10 @@ def test_restart_runs_the_command_again_in_place_once_with_the_tunable():
 
 @_GLIBC
 def test_restart_is_skipped_under_a_debugger_or_when_switched_off():
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PVT_D2_KEEP_FREED_MEMORY")}
-    traced = subprocess.run([sys.executable, "-c", _RESTART, "traced"], env=env, capture_output=True, text=True,
-                            check=True).stdout.split()
+    traced = subprocess.run([sys.executable, "-c", _RESTART, "traced"], env=_untuned_env(), capture_output=True,
+                            text=True, check=True).stdout.split()
     assert traced[0::3] == ["start", "work"] and traced[2::3] == ["none", "none"]
-    off = subprocess.run([sys.executable, "-c", _RESTART], env={**env, "PVT_D2_KEEP_FREED_MEMORY": "0"},
+    off = subprocess.run([sys.executable, "-c", _RESTART], env=_untuned_env(PVT_D2_KEEP_FREED_MEMORY="0"),
                          capture_output=True, text=True, check=True).stdout.split()
     assert off[0::3] == ["start", "work"] and off[2::3] == ["none", "none"]
 
